@@ -1,0 +1,22 @@
+"""Shared entry-point behaviour: a user error becomes one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from hfvision.errors import HfvisionError
+
+
+def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(argv)
+    except HfvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in checkpoint/; rerun with train.resume=true",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,176 @@
+"""Load a data source into train/validation/test splits of decoded uint8 image tensors.
+
+Sources: ``synthetic`` (built in), a local directory ``load_dataset`` reads (Parquet/Arrow, image
+folders), or a Hub dataset id. Image and label columns are found from the features (``Image`` and
+``ClassLabel``) unless named. The validation split is carved from train with a seeded, stratified split;
+the source's test split stays untouched. Images are decoded once, to RGB uint8 (N, 3, H, W) tensors;
+resizing to the model's size, normalising and augmenting happen per batch (see ``transforms``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
+from PIL import Image as PILImage
+
+from hfvision.data.synthetic import load_synthetic
+from hfvision.errors import HfvisionError
+from hfvision.recipe import DataRecipe
+
+# When a dataset has several ClassLabel columns (CIFAR-100: fine_label, coarse_label), prefer these.
+PREFERRED_LABEL_COLUMNS = ("label", "labels", "fine_label")
+TEST_SPLIT_NAMES = ("test", "testing")
+VAL_SPLIT_NAMES = ("validation", "valid", "val")
+
+
+@dataclass
+class ImageSplit:
+    """Decoded images of one split: ``pixels`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageData:
+    train: ImageSplit
+    validation: ImageSplit
+    test: ImageSplit
+    label_names: list[str]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+
+def load_raw(dataset: str) -> DatasetDict:
+    """The source as a ``DatasetDict``; a failure becomes one line naming the source."""
+    if dataset == "synthetic":
+        return load_synthetic()
+    path = Path(dataset).expanduser()
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise HfvisionError(f"data.dataset: {dataset} is not a directory")
+            raw = load_dataset(str(path))
+        else:
+            raw = load_dataset(dataset)
+    except HfvisionError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs the source and the reason
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HfvisionError(f"data.dataset: could not load '{dataset}': {reason}") from None
+    if not isinstance(raw, DatasetDict):
+        raw = DatasetDict({"train": raw})
+    return raw
+
+
+def find_columns(features, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """Image and label columns: the named ones, else the single ``Image`` / ``ClassLabel`` feature."""
+    names = list(features)
+    for key, value in (("data.image_column", image_column), ("data.label_column", label_column)):
+        if value is not None and value not in names:
+            raise HfvisionError(f"{key}: '{value}' is not a column; columns are {', '.join(names)}")
+    if image_column is None:
+        images = [n for n, f in features.items() if isinstance(f, Image)]
+        if len(images) != 1:
+            raise HfvisionError(f"data.image_column: found {len(images)} image columns among "
+                                f"{', '.join(names)}; name one in the recipe")
+        image_column = images[0]
+    if label_column is None:
+        labels = [n for n, f in features.items() if isinstance(f, ClassLabel)]
+        preferred = [n for n in PREFERRED_LABEL_COLUMNS if n in labels]
+        if len(labels) == 1 or preferred:
+            label_column = preferred[0] if preferred else labels[0]
+        else:
+            raise HfvisionError(f"data.label_column: found {len(labels)} class-label columns among "
+                                f"{', '.join(names)}; name one in the recipe")
+    return image_column, label_column
+
+
+def _to_rgb_array(image, size: int | None) -> np.ndarray:
+    if not isinstance(image, PILImage.Image):
+        image = PILImage.fromarray(np.asarray(image))
+    image = image.convert("RGB")  # grayscale, palette and RGBA images become RGB
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), PILImage.BICUBIC)
+    return np.asarray(image)
+
+
+def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | None) -> ImageSplit:
+    """Decode every image once to RGB uint8. Images of one shared size keep it; mixed sizes go to ``size``."""
+    ds = ds.cast_column(image_column, Image(decode=True))
+    images = ds[image_column]
+    arrays = [_to_rgb_array(img, None) for img in images]
+    if len({a.shape for a in arrays}) > 1:
+        if size is None:
+            raise HfvisionError(f"data.image_size: images have different sizes; set data.image_size")
+        arrays = [_to_rgb_array(img, size) for img in images]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(ds[label_column], dtype=torch.long)
+    return ImageSplit(pixels, labels)
+
+
+def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit))
+
+
+def split_dataset(raw: DatasetDict, recipe: DataRecipe, seed: int) -> tuple[DatasetDict, str, str, list[str]]:
+    """Pick train/test, carve a stratified validation split, apply the sample limits."""
+    if "train" not in raw:
+        raise HfvisionError(f"data.dataset: '{recipe.dataset}' has no train split (has {', '.join(raw)})")
+    image_column, label_column = find_columns(raw["train"].features, recipe.image_column, recipe.label_column)
+    train = raw["train"]
+    if not isinstance(train.features[label_column], ClassLabel):
+        train = train.class_encode_column(label_column)
+    label_feature = train.features[label_column]
+    test_name = next((n for n in TEST_SPLIT_NAMES if n in raw), None)
+    val_name = next((n for n in VAL_SPLIT_NAMES if n in raw), None)
+    if val_name is not None:
+        validation = raw[val_name]
+    else:
+        parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    if test_name is not None:
+        test = raw[test_name]
+    else:  # no official test split (e.g. one image folder): hold out the same fraction, stratified
+        parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed + 1)
+        train, test = parts["train"], parts["test"]
+    splits = DatasetDict({
+        "train": _subsample(train, recipe.max_train_samples, seed),
+        "validation": _subsample(validation, recipe.max_eval_samples, seed),
+        "test": _subsample(test, recipe.max_eval_samples, seed),
+    })
+    return splits, image_column, label_column, list(label_feature.names)
+
+
+def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,
+                  label_names: list[str]) -> ImageData:
+    """Decode the train/validation/test splits of ``split_dataset`` once, to uint8 tensors."""
+    decoded = {name: decode_split(ds, image_column, label_column, decode_size) for name, ds in splits.items()}
+    return ImageData(decoded["train"], decoded["validation"], decoded["test"], label_names)
+
+
+def load_eval_split(dataset: str, split: str, decode_size: int | None, max_samples: int | None = None,
+                    image_column: str | None = None, label_column: str | None = None,
+                    seed: int = 42) -> tuple[ImageSplit, list[str]]:
+    """One named split of a source, for evaluating a saved model on it."""
+    raw = load_raw(dataset)
+    if split not in raw:
+        raise HfvisionError(f"--split: '{dataset}' has no split '{split}' (has {', '.join(raw)})")
+    ds = raw[split]
+    image_column, label_column = find_columns(ds.features, image_column, label_column)
+    names = list(ds.features[label_column].names) if isinstance(ds.features[label_column], ClassLabel) else None
+    if names is None:
+        raise HfvisionError(f"data.label_column: '{label_column}' is not a class-label column")
+    return decode_split(_subsample(ds, max_samples, seed), image_column, label_column, decode_size), names

@@ -1,0 +1,103 @@
+"""Per-batch preprocessing on the device: augment uint8 images, resize to the model's size, normalise.
+
+Images arrive as uint8 (B, 3, h, w) at their stored size (32x32 for CIFAR). Train-time augmentation runs
+at the stored size (random crop with padding, horizontal flip, RandAugment/TrivialAugment per sample),
+then the batch is resized to the model's input size and normalised with the processor's mean/std.
+MixUp/CutMix act on (images, labels) after normalisation and return soft labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from hfvision.recipe import AugmentRecipe
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """What the model expects: square input ``size`` and per-channel ``mean``/``std`` on [0, 1] pixels."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def random_crop_with_padding(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to the original size at a random offset per sample."""
+    batch, channels, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
+    top, left = top.to(images.device), left.to(images.device)
+    rows = (top[:, None] + torch.arange(height, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (left[:, None] + torch.arange(width, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows, cols]
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
+    flip = flip.to(images.device)[:, None, None, None]
+    return torch.where(flip, images.flip(-1), images)
+
+
+class BatchPreprocessor:
+    """Callable ``(uint8 images, labels, train) -> (normalised float images, labels or soft labels)``."""
+
+    def __init__(self, normalization: Normalization, augment: AugmentRecipe | None = None, num_classes: int = 0):
+        self.normalization = normalization
+        self.augment = augment or AugmentRecipe(random_crop_padding=0, horizontal_flip=False)
+        self.auto_augment = {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}.get(
+            self.augment.auto_augment, lambda: None)()
+        mixers = []
+        if self.augment.mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=self.augment.mixup_alpha, num_classes=num_classes))
+        if self.augment.cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=self.augment.cutmix_alpha, num_classes=num_classes))
+        self.mixer = v2.RandomChoice(mixers) if mixers else None
+
+    @property
+    def mixes_labels(self) -> bool:
+        return self.mixer is not None
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized and normalised."""
+        norm = self.normalization
+        x = images.float().div_(255.0)
+        if x.shape[-2:] != (norm.size, norm.size):
+            x = F.interpolate(x, size=(norm.size, norm.size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > norm.size)
+        mean = torch.tensor(norm.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+        std = torch.tensor(norm.std, device=x.device, dtype=x.dtype)[None, :, None, None]
+        return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, train: bool,
+                 generator: torch.Generator | None = None):
+        if train:
+            images = self._augment(images, generator)
+        x = self.normalize(images)
+        if train and self.mixer is not None:
+            x, labels = self.mixer(x, labels)
+        return x, labels
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        generator = generator or torch.Generator(device="cpu").manual_seed(0)
+        if self.augment.random_crop_padding > 0:
+            images = random_crop_with_padding(images, self.augment.random_crop_padding, generator)
+        if self.augment.horizontal_flip:
+            images = random_horizontal_flip(images, generator)
+        if self.auto_augment is not None:  # one policy draw per image, as in the per-sample pipelines
+            images = torch.stack([self.auto_augment(image) for image in images])
+        return images
+
+
+def denormalize(pixel_values: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Normalised (B, 3, H, W) back to [0, 1] RGB, for overlays."""
+    mean = torch.tensor(normalization.mean, device=pixel_values.device)[None, :, None, None]
+    std = torch.tensor(normalization.std, device=pixel_values.device)[None, :, None, None]
+    return (pixel_values * std + mean).clamp(0, 1)

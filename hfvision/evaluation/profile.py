@@ -1,0 +1,72 @@
+"""Model cost: parameters, FLOPs/MACs per image (torch's FLOP counter), inference latency.
+
+FLOPs count one multiply-add as two FLOPs, as ``torch.utils.flop_counter`` does; MACs = FLOPs / 2.
+Both are per image, at the model's input size, and include attention (SDPA is counted by the counter).
+Latency is measured on a fixed-size batch after warm-up, with device synchronisation around the timer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hfvision.models.tuning import count_parameters
+
+
+def _logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    out = model(pixel_values=pixel_values)
+    return out.logits if hasattr(out, "logits") else out
+
+
+@torch.no_grad()
+def flops_per_image(model: nn.Module, image_size: int, num_channels: int = 3) -> int:
+    """Forward FLOPs for one image (batch of 1) at ``image_size``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pixel_values = torch.zeros(1, num_channels, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _logits(model, pixel_values)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def inference_latency(model: nn.Module, image_size: int, batch_size: int, *, warmup: int = 3, iterations: int = 10,
+                      dtype: torch.dtype | None = None, num_channels: int = 3) -> dict:
+    """Median milliseconds per batch and images/second, after ``warmup`` untimed batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pixel_values = torch.randn(batch_size, num_channels, image_size, image_size, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+    timings = []
+    with autocast:
+        for step in range(warmup + iterations):
+            _synchronize(device)
+            start = time.perf_counter()
+            _logits(model, pixel_values)
+            _synchronize(device)
+            if step >= warmup:
+                timings.append(time.perf_counter() - start)
+    model.train(was_training)
+    ms = sorted(timings)[len(timings) // 2] * 1000
+    return {"inference_ms_per_batch": ms, "images_per_second": batch_size / (ms / 1000),
+            "latency_batch_size": batch_size, "precision": str(dtype).replace("torch.", "") if dtype else "float32",
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)}
+
+
+def model_profile(model: nn.Module, image_size: int) -> dict:
+    total, trainable = count_parameters(model)
+    flops = flops_per_image(model, image_size)
+    return {"parameters": total, "trainable_parameters": trainable, "flops_per_image": flops,
+            "macs_per_image": flops // 2, "image_size": image_size}

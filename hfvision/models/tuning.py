@@ -1,0 +1,87 @@
+"""Tuning strategies: which parameters train.
+
+- ``full``: everything;
+- ``head_only``: the classifier alone, the backbone frozen (linear probing);
+- ``head_and_last_stage``: the classifier, the last encoder block/stage and the final norm.
+
+Heads and stages are found by probing the module tree, not by hard-coded paths, because module names
+differ across families and transformers versions (``vit.encoder.layer`` in 4.x, ``vit.layers`` in 5.x).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm2d)
+
+
+def find_classifier(model: nn.Module) -> nn.Module:
+    """The classification head: ``classifier``/``head``/``fc`` or timm's ``get_classifier()``."""
+    for name in ("classifier", "head", "fc"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "get_classifier"):
+        return timm_model.get_classifier()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__}: no classification head found")
+    return linears[-1]
+
+
+def find_stages(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The outermost ``ModuleList`` holding the most parameters: the encoder's blocks or stages."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    outer = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
+    if not outer:
+        raise ValueError(f"{type(model).__name__}: no list of encoder blocks or stages found")
+    return max(outer, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def find_final_norm(model: nn.Module, stages_name: str, classifier: nn.Module) -> nn.Module | None:
+    """The last norm layer registered after the stages and outside them and the head (e.g. ``vit.layernorm``)."""
+    head_ids = {id(m) for m in classifier.modules()}
+    names = [name for name, _ in model.named_modules()]
+    after = names.index(stages_name)
+    candidates = [m for name, m in list(model.named_modules())[after:]
+                  if isinstance(m, NORM_TYPES) and not name.startswith(stages_name + ".") and id(m) not in head_ids]
+    return candidates[-1] if candidates else None
+
+
+def trainable_modules(model: nn.Module, strategy: str) -> list[nn.Module]:
+    classifier = find_classifier(model)
+    if strategy == "head_only":
+        return [classifier]
+    if strategy == "head_and_last_stage":
+        stages_name, stages = find_stages(model)
+        norm = find_final_norm(model, stages_name, classifier)
+        return [classifier, stages[-1]] + ([norm] if norm is not None else [])
+    raise ValueError(f"model.tuning: '{strategy}' is not one of full, head_only, head_and_last_stage")
+
+
+def apply_tuning(model: nn.Module, strategy: str) -> None:
+    """Set ``requires_grad`` per strategy; frozen parameters keep their values bit for bit."""
+    if strategy == "full":
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    for module in trainable_modules(model, strategy):
+        module.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that fully frozen sub-modules stay in eval mode, so a frozen backbone's
+    BatchNorm statistics and dropout behave as at inference (standard linear probing)."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if params and not any(p.requires_grad for p in params):
+            module.eval()

@@ -1,0 +1,295 @@
+"""Typed recipes: the single source of truth for a run.
+
+A recipe is YAML with the sections ``model``, ``data``, ``train``, ``eval``, ``hub`` plus ``seed`` and
+``output_dir``. Loading is strict: unknown keys (with a "did you mean" hint), wrong types and
+impossible values raise :class:`RecipeError` with one line naming the key, before any work starts.
+Command-line overrides are dotted ``key=value`` pairs whose values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from hfvision.errors import RecipeError
+
+TUNING_STRATEGIES = ("full", "head_only", "head_and_last_stage")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "step", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+AUTO_AUGMENT = ("randaugment", "trivialaugment")
+TRACKERS = ("tensorboard", "none")
+
+
+@dataclass
+class ModelRecipe:
+    # Hub id, local checkpoint dir, run dir, or a built-in family: scratch_vit, scratch_swin, resnet18_cifar.
+    name: str = "scratch_vit"
+    tuning: str = "full"
+    # Architecture fields for scratch families; for pretrained checkpoints, config attributes to override.
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentRecipe:
+    random_crop_padding: int = 4  # 0 turns the crop off
+    horizontal_flip: bool = True
+    auto_augment: Optional[str] = None  # randaugment | trivialaugment
+    mixup_alpha: float = 0.0  # 0 turns mixup off
+    cutmix_alpha: float = 0.0  # 0 turns cutmix off
+
+
+@dataclass
+class DataRecipe:
+    dataset: str = "synthetic"  # "synthetic", a Hub id, or a local dir load_dataset reads
+    image_column: Optional[str] = None  # found from the features when None
+    label_column: Optional[str] = None
+    val_fraction: float = 0.1
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    image_size: Optional[int] = None  # None: the image processor's (pretrained) or model.config's (scratch)
+    mean: Optional[list] = None  # None: the image processor's
+    std: Optional[list] = None
+    augment: AugmentRecipe = field(default_factory=AugmentRecipe)
+
+
+@dataclass
+class TrainRecipe:
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size_epochs: int = 10  # step scheduler only
+    step_gamma: float = 0.1  # step scheduler only
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0  # None turns clipping off
+    mixed_precision: str = "no"
+    label_smoothing: float = 0.0
+    ema_decay: Optional[float] = None  # e.g. 0.999; None turns EMA off
+    early_stopping_patience: Optional[int] = None  # epochs without a better val accuracy
+    resume: bool = False
+    report_to: str = "tensorboard"
+
+
+@dataclass
+class EvalRecipe:
+    batch_size: int = 256
+    latency_batch_size: int = 64
+    explain: bool = False  # write a per-class Grad-CAM grid into the run dir
+
+
+@dataclass
+class HubRecipe:
+    push: bool = False
+    repo_id: Optional[str] = None
+    private: bool = False
+
+
+@dataclass
+class Recipe:
+    seed: int = 42
+    output_dir: str = "runs/default"
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+    eval: EvalRecipe = field(default_factory=EvalRecipe)
+    hub: HubRecipe = field(default_factory=HubRecipe)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got null")
+    origin = typing.get_origin(tp) or tp
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected a mapping of {_field_list(tp)}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if origin is int and isinstance(value, bool):
+        raise RecipeError(f"{key}: expected an integer, got {value!r}")
+    if origin is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, origin):
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+            list: "a list"}.get(typing.get_origin(tp) or tp, str(tp))
+
+
+def _field_list(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            did_you_mean = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise RecipeError(f"unknown key '{prefix}{key}'{did_you_mean}; valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["train.epochs=3", "data.mean=[0.5,0.5,0.5]"]`` into a nested dict of YAML values."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}': expected key=value, e.g. train.epochs=3")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def recipe_from_dict(raw: dict) -> Recipe:
+    recipe = _build(Recipe, raw)
+    validate(recipe)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise RecipeError(f"recipe file {path} is not valid YAML: {first}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return recipe_from_dict(raw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of values
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecipeError(message)
+
+
+def _one_of(key: str, value, allowed) -> None:
+    _require(value in allowed, f"{key}: '{value}' is not one of {', '.join(map(str, allowed))}")
+
+
+def validate(recipe: Recipe) -> None:
+    m, d, t, e, h = recipe.model, recipe.data, recipe.train, recipe.eval, recipe.hub
+    _one_of("model.tuning", m.tuning, TUNING_STRATEGIES)
+    _require(bool(m.name), "model.name: expected a Hub id, a local dir or a built-in family")
+    _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction: expected a number in (0, 1), got {d.val_fraction}")
+    for key in ("max_train_samples", "max_eval_samples", "image_size"):
+        value = getattr(d, key)
+        _require(value is None or value > 0, f"data.{key}: expected a positive integer or null, got {value}")
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        _require(value is None or (len(value) == 3 and all(isinstance(v, (int, float)) for v in value)),
+                 f"data.{key}: expected three numbers (one per RGB channel) or null, got {value}")
+    _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
+    _check_dataset_path(d.dataset)
+    a = d.augment
+    _require(a.random_crop_padding >= 0, f"data.augment.random_crop_padding: expected >= 0, got {a.random_crop_padding}")
+    _require(a.auto_augment is None or a.auto_augment in AUTO_AUGMENT,
+             f"data.augment.auto_augment: '{a.auto_augment}' is not one of {', '.join(AUTO_AUGMENT)} or null")
+    _require(a.mixup_alpha >= 0, f"data.augment.mixup_alpha: expected >= 0, got {a.mixup_alpha}")
+    _require(a.cutmix_alpha >= 0, f"data.augment.cutmix_alpha: expected >= 0, got {a.cutmix_alpha}")
+
+    _require(t.epochs >= 1, f"train.epochs: expected a positive integer, got {t.epochs}")
+    _require(t.batch_size >= 1, f"train.batch_size: expected a positive integer, got {t.batch_size}")
+    _require(t.learning_rate > 0, f"train.learning_rate: expected a positive number, got {t.learning_rate}")
+    _require(t.weight_decay >= 0, f"train.weight_decay: expected >= 0, got {t.weight_decay}")
+    _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    _one_of("train.scheduler", t.scheduler, SCHEDULERS)
+    _one_of("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _one_of("train.report_to", t.report_to, TRACKERS)
+    _require(t.warmup_epochs >= 0, f"train.warmup_epochs: expected >= 0, got {t.warmup_epochs}")
+    _require(t.step_size_epochs >= 1, f"train.step_size_epochs: expected a positive integer, got {t.step_size_epochs}")
+    _require(0 < t.step_gamma <= 1, f"train.step_gamma: expected a number in (0, 1], got {t.step_gamma}")
+    _require(t.gradient_accumulation_steps >= 1,
+             f"train.gradient_accumulation_steps: expected a positive integer, got {t.gradient_accumulation_steps}")
+    _require(t.max_grad_norm is None or t.max_grad_norm > 0,
+             f"train.max_grad_norm: expected a positive number or null, got {t.max_grad_norm}")
+    _require(0 <= t.label_smoothing < 1, f"train.label_smoothing: expected a number in [0, 1), got {t.label_smoothing}")
+    _require(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay: expected a number in (0, 1) or null, got {t.ema_decay}")
+    _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+             f"train.early_stopping_patience: expected a positive integer or null, got {t.early_stopping_patience}")
+    _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
+    _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
+    _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
+    _require(bool(recipe.output_dir), "output_dir: expected a directory path")
+
+
+def _check_dataset_path(dataset: str) -> None:
+    looks_local = dataset.startswith(("/", "./", "../", "~")) or os.sep * 2 in dataset
+    if looks_local and not Path(dataset).expanduser().exists():
+        raise RecipeError(f"data.dataset: directory {dataset} does not exist")

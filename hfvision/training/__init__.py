@@ -1,0 +1,1 @@
+"""The Accelerate training loop, optimisers and schedules, and run-directory checkpoints."""

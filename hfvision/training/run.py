@@ -1,0 +1,179 @@
+"""``fit(recipe)``: recipe -> data -> model -> training -> test evaluation -> run directory.
+
+Run directory (the contract in DESIGN.md): ``recipe.yaml``, ``best/`` and ``last/`` (``save_pretrained``
+dirs with the image processor), ``checkpoint/`` (what ``train.resume=true`` continues from),
+``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``report.md``, and ``logs/`` for trackers.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import AutoModelForImageClassification
+
+from hfvision.data.sources import decode_splits, load_raw, split_dataset
+from hfvision.data.transforms import BatchPreprocessor
+from hfvision.errors import HfvisionError
+from hfvision.evaluation.artifacts import write_run_artifacts
+from hfvision.models.factory import build_model
+from hfvision.models.tuning import count_parameters
+from hfvision.recipe import Recipe
+from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
+from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
+from hfvision.training.loop import (TrainingParts, evaluate, make_ema, make_loader, steps_per_epoch,
+                                    train_one_epoch)
+from hfvision.training.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    train = recipe.train
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise HfvisionError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    return Accelerator(
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        log_with=None if train.report_to == "none" else train.report_to,
+        project_dir=str(run_dir / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
+    )
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    for name in ("checkpoint", "best", "last"):
+        recover_interrupted(run_dir / name)
+    if not resume and (run_dir / "checkpoint").exists():
+        raise HfvisionError(f"output_dir: {run_dir} already holds a run; pass train.resume=true to continue it "
+                            f"or choose another output_dir")
+
+
+def _save_model_dir(accelerator: Accelerator, model, processor, path: Path) -> None:
+    """``save_pretrained`` of the unwrapped model plus its image processor, atomically, on the main process."""
+    if accelerator.is_main_process:
+        with atomic_directory(path) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+def _save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: dict) -> None:
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _flat_hparams(recipe: Recipe) -> dict:
+    flat = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            elif isinstance(value, (int, float, str, bool)):
+                flat[prefix + key] = value
+    walk("", recipe.to_dict())
+    return flat
+
+
+def fit(recipe: Recipe) -> dict:
+    """Train per the recipe, evaluate ``best/`` on the test split and write the run dir. Returns metrics."""
+    run_dir = Path(recipe.output_dir)
+    train = recipe.train
+    _check_run_dir(run_dir, train.resume)
+    accelerator = _make_accelerator(recipe, run_dir)
+    set_seed(recipe.seed)
+
+    with accelerator.main_process_first():
+        splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
+                                                                        recipe.data, recipe.seed)
+    built = build_model(recipe.model, recipe.data, label_names)
+    data = decode_splits(splits, image_column, label_column, built.normalization.size, label_names)
+    total, trainable = count_parameters(built.model)
+    accelerator.print(f"data: {len(data.train)} train / {len(data.validation)} val / {len(data.test)} test images, "
+                      f"{len(label_names)} classes; model: {total:,} parameters, {trainable:,} trainable")
+
+    preprocessor = BatchPreprocessor(built.normalization, recipe.data.augment, num_classes=len(label_names))
+    train_loader = make_loader(data.train, train.batch_size, shuffle=True)
+    val_loader = make_loader(data.validation, recipe.eval.batch_size, shuffle=False)
+    optimizer = build_optimizer(built.model, train)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(train_loader), train.gradient_accumulation_steps))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        built.model, optimizer, train_loader, val_loader, scheduler)
+    ema = None
+    if train.ema_decay is not None:
+        ema = make_ema(accelerator.unwrap_model(model), train.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train, recipe.seed, ema)
+
+    state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": None, "epochs_without_improvement": 0}
+    if train.resume and (run_dir / "checkpoint").exists():
+        accelerator.load_state(str(run_dir / "checkpoint"))
+        state = read_trainer_state(run_dir / "checkpoint")
+        accelerator.print(f"resumed from {run_dir / 'checkpoint'} after epoch {state['epoch']}")
+    elif train.resume:
+        accelerator.print(f"train.resume: no checkpoint in {run_dir}; starting from scratch")
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe.save(run_dir / "recipe.yaml")
+    if train.report_to != "none":
+        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
+
+    eval_model = (lambda: ema.module) if ema is not None else (lambda: model)
+    stopped_early = False
+    for epoch in range(state["epoch"], train.epochs):
+        if stopped_early:
+            break
+        record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch)}
+        val = evaluate(eval_model(), val_loader, preprocessor, accelerator, label_names)
+        record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        state["history"].append(record)
+        accelerator.print(f"epoch {epoch + 1}/{train.epochs}: train loss {record['train_loss']:.4f} "
+                          f"acc {record['train_accuracy']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
+                          f"| {record['epoch_seconds']:.1f}s")
+        if train.report_to != "none":
+            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        if val["accuracy"] > state["best_val_accuracy"]:
+            state.update(best_val_accuracy=val["accuracy"], best_epoch=epoch + 1, epochs_without_improvement=0)
+            _save_model_dir(accelerator, eval_model(), built.image_processor, run_dir / "best")
+        else:
+            state["epochs_without_improvement"] += 1
+        _save_model_dir(accelerator, eval_model(), built.image_processor, run_dir / "last")
+        state["epoch"] = epoch + 1
+        if train.early_stopping_patience is not None and state["epochs_without_improvement"] >= train.early_stopping_patience:
+            state["stopped_early"] = stopped_early = True
+            accelerator.print(f"early stopping: no better val accuracy for {train.early_stopping_patience} epochs")
+        _save_checkpoint(accelerator, run_dir, state)
+    if train.report_to != "none":
+        accelerator.end_training()
+
+    # The test split is evaluated once, with the best checkpoint as it reloads from disk.
+    best = AutoModelForImageClassification.from_pretrained(run_dir / "best")
+    best = accelerator.prepare_model(best, evaluation_mode=True)
+    test_loader = accelerator.prepare_data_loader(make_loader(data.test, recipe.eval.batch_size, shuffle=False))
+    test = evaluate(best, test_loader, preprocessor, accelerator, label_names)
+    accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state['best_epoch']})")
+    metrics = {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
+               "history": state["history"], "stopped_early": state.get("stopped_early", False)}
+    if accelerator.is_main_process:
+        metrics = write_run_artifacts(run_dir, recipe, metrics, accelerator.unwrap_model(best),
+                                      built.normalization.size, trainable)
+    accelerator.wait_for_everyone()
+    return metrics

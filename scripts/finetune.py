@@ -1,0 +1,23 @@
+"""Train (fine-tune or from scratch) and evaluate a model from a recipe.
+
+    python scripts/finetune.py recipes/quickstart.yaml [key=value ...]
+    accelerate launch scripts/finetune.py recipes/swin_tiny.yaml train.epochs=1
+"""
+
+import sys
+
+from hfvision.cli import run_cli
+from hfvision.recipe import load_recipe
+from hfvision.training.run import fit
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    recipe = load_recipe(argv[0], argv[1:])
+    fit(recipe)
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
