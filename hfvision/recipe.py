@@ -139,6 +139,11 @@ def _coerce(value, tp, key: str):
         return _build(tp, value, key + ".")
     if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if origin is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if origin is int and isinstance(value, bool):
         raise RecipeError(f"{key}: expected an integer, got {value!r}")
     if origin is list and isinstance(value, (list, tuple)):

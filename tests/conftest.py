@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test runs offline: a stray Hub call fails at once instead of waiting."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def tiny_recipe_overrides(output_dir, **extra) -> list[str]:
+    """Overrides that make any recipe a few-second run on a few hundred synthetic images."""
+    base = {
+        "output_dir": str(output_dir),
+        "data.dataset": "synthetic",
+        "data.max_train_samples": 240,
+        "data.max_eval_samples": 120,
+        "train.epochs": 1,
+        "train.batch_size": 32,
+        "train.report_to": "none",
+        "eval.batch_size": 64,
+        "eval.latency_batch_size": 8,
+        "eval.explain": False,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_dirs(tmp_path_factory):
+    """A tiny ViT and a tiny Swin saved with save_pretrained, 1000 labels, as stand-ins for Hub checkpoints."""
+    from transformers import (SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification,
+                              ViTImageProcessor)
+
+    root = tmp_path_factory.mktemp("pretrained")
+    torch.manual_seed(0)
+    id2label = {i: f"imagenet_{i}" for i in range(1000)}
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=64, id2label=id2label))
+    swin = SwinForImageClassification(SwinConfig(image_size=32, patch_size=2, window_size=4, embed_dim=16,
+                                                 depths=[1, 1], num_heads=[1, 2], id2label=id2label))
+    dirs = {}
+    for name, model in (("vit", vit), ("swin", swin)):
+        path = root / name
+        model.save_pretrained(path)
+        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+        dirs[name] = path
+    return dirs
