@@ -11,6 +11,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -33,7 +34,8 @@ def tiny_recipe_overrides(output_dir, **extra) -> list[str]:
         "eval.explain": False,
     }
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in base.items()]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ The dataset is fixed (its own seed), independent of a recipe's seed, like any re
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 
@@ -57,6 +59,7 @@ def make_images(num_images: int, image_size: int = 32, seed: int = 0):
     return images.astype(np.uint8), labels, boxes
 
 
+@functools.lru_cache(maxsize=2)  # a fixed dataset: generate once per process
 def load_synthetic(num_train: int = 3000, num_test: int = 600, image_size: int = 32) -> DatasetDict:
     features = Features({"image": Image(), "label": ClassLabel(names=list(CLASSES)),
                          "bbox": Sequence(Value("int32"), length=4)})

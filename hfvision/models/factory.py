@@ -74,13 +74,19 @@ def _normalization(size: int, mean, std) -> Normalization:
     return Normalization(size=int(size), mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
 
 
+def _edge(size) -> int | None:
+    """The square edge from an int, a dict or transformers' ``SizeDict``."""
+    if size is None or isinstance(size, int):
+        return size
+    get = size.get if hasattr(size, "get") else lambda key: getattr(size, key, None)
+    return get("height") or get("shortest_edge")
+
+
 def processor_normalization(processor) -> Normalization:
-    """Size, mean and std from an image processor (square inputs)."""
-    size = processor.size
-    size = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
-    if hasattr(processor, "crop_size") and getattr(processor, "do_center_crop", False):
-        crop = processor.crop_size
-        size = crop.get("height") if isinstance(crop, dict) else crop
+    """Size, mean and std from an image processor (square inputs; the crop size when it center-crops)."""
+    size = _edge(processor.size)
+    if getattr(processor, "do_center_crop", False) and _edge(getattr(processor, "crop_size", None)):
+        size = _edge(processor.crop_size)
     return _normalization(size, processor.image_mean, processor.image_std)
 
 
@@ -140,8 +146,7 @@ def _from_pretrained(path: str, config) -> PreTrainedModel:
 def _set_processor_normalization(processor, norm: Normalization) -> None:
     """Make the saved processor describe what training fed the model, so inference matches."""
     processor.image_mean, processor.image_std = list(norm.mean), list(norm.std)
-    if isinstance(processor.size, dict) and "shortest_edge" not in processor.size:
-        processor.size = {"height": norm.size, "width": norm.size}
+    processor.size = {"height": norm.size, "width": norm.size}
     if getattr(processor, "do_center_crop", False):
         processor.crop_size = {"height": norm.size, "width": norm.size}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoModelForImageClassification
 
@@ -36,6 +37,10 @@ def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     train = recipe.train
     if train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise HfvisionError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    # Accelerate keeps process-wide singletons; a second fit in one process (a sweep, a test) may ask for another
+    # precision or accumulation. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
