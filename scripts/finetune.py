@@ -5,10 +5,14 @@
 """
 
 import sys
+from pathlib import Path
 
-from hfvision.cli import run_cli
-from hfvision.recipe import load_recipe
-from hfvision.training.run import fit
+# scripts/evaluate.py would shadow the `evaluate` package for every script here: keep this folder off the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from hfvision.cli import run_cli  # noqa: E402
+from hfvision.recipe import load_recipe  # noqa: E402
+from hfvision.training.run import fit  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

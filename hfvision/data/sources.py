@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from PIL import Image as PILImage
+from torch.utils.data import DataLoader, TensorDataset
 
 from hfvision.data.synthetic import load_synthetic
 from hfvision.errors import HfvisionError
@@ -37,6 +38,9 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def loader(self, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(TensorDataset(self.pixels, self.labels), batch_size=batch_size, shuffle=shuffle)
 
 
 @dataclass

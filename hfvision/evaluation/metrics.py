@@ -29,11 +29,17 @@ def confusion_counts(predictions, references, num_labels: int) -> np.ndarray:
     return flat.reshape(num_labels, num_labels)
 
 
+def _infer_num_labels(predictions, references) -> int:
+    """Without ``num_labels``, the classes are 0 .. the largest class seen (pass it to include unseen ones)."""
+    return int(max(np.max(predictions, initial=0), np.max(references, initial=0))) + 1
+
+
 class Accuracy(evaluate.Metric):
     def _info(self):
         return _info("Fraction of predictions equal to the reference class.", _LABEL_FEATURES)
 
-    def _compute(self, predictions, references):
+    def _compute(self, predictions, references, num_labels: int | None = None):
+        # num_labels is accepted (and not needed) so Accuracy combines with the modules that need it
         predictions, references = np.asarray(predictions), np.asarray(references)
         return {"accuracy": float((predictions == references).mean()) if len(references) else 0.0}
 
@@ -58,7 +64,8 @@ class PrecisionRecallF1(evaluate.Metric):
     def _info(self):
         return _info("Per-class and averaged precision, recall and F1.", _LABEL_FEATURES)
 
-    def _compute(self, predictions, references, num_labels: int):
+    def _compute(self, predictions, references, num_labels: int | None = None):
+        num_labels = num_labels or _infer_num_labels(predictions, references)
         counts = confusion_counts(predictions, references, num_labels)
         true_positive = np.diag(counts).astype(np.float64)
         predicted, support = counts.sum(axis=0), counts.sum(axis=1)
@@ -79,7 +86,8 @@ class ConfusionMatrix(evaluate.Metric):
     def _info(self):
         return _info("Counts of (reference, prediction) pairs.", _LABEL_FEATURES)
 
-    def _compute(self, predictions, references, num_labels: int):
+    def _compute(self, predictions, references, num_labels: int | None = None):
+        num_labels = num_labels or _infer_num_labels(predictions, references)
         return {"confusion_matrix": confusion_counts(predictions, references, num_labels).tolist()}
 
 

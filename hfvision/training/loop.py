@@ -16,22 +16,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hfvision.data.sources import ImageSplit
 from hfvision.data.transforms import BatchPreprocessor
-from hfvision.evaluation.metrics import ClassificationMetrics
+from hfvision.evaluation.evaluator import logits_of
 from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import TrainRecipe
-
-
-def make_loader(split: ImageSplit, batch_size: int, shuffle: bool) -> DataLoader:
-    return DataLoader(TensorDataset(split.pixels, split.labels), batch_size=batch_size, shuffle=shuffle)
-
-
-def logits_of(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    return model(pixel_values=pixel_values).logits
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
@@ -90,21 +81,6 @@ def train_one_epoch(parts: TrainingParts, epoch: int) -> dict:
     return {"train_loss": (totals[0] / totals[2]).item(), "train_accuracy": (totals[1] / totals[2]).item(),
             "learning_rate": parts.scheduler.get_last_lr()[0], "epoch_seconds": seconds,
             "train_images_per_second": totals[2].item() / seconds}
-
-
-@torch.no_grad()
-def evaluate(model, loader: DataLoader, preprocessor: BatchPreprocessor, accelerator: Accelerator,
-             label_names: list[str]) -> dict:
-    """Loss and every classification metric over ``loader``, gathered across processes without duplicates."""
-    model.eval()
-    metrics = ClassificationMetrics(label_names)
-    for images, labels in loader:
-        pixel_values, labels = preprocessor(images, labels, train=False)
-        logits = logits_of(model, pixel_values).float()
-        losses = F.cross_entropy(logits, labels, reduction="none")
-        logits, labels, losses = accelerator.gather_for_metrics((logits, labels, losses))
-        metrics.add_batch(logits.cpu().numpy(), labels.cpu().numpy(), losses.cpu().numpy())
-    return metrics.compute()
 
 
 def steps_per_epoch(num_batches: int, accumulation: int) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoModelForImageClassification
 
+from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import decode_splits, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -26,8 +26,8 @@ from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
 from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
 from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
-from hfvision.training.loop import (TrainingParts, evaluate, make_ema, make_loader, steps_per_epoch,
-                                    train_one_epoch)
+from hfvision.evaluation.evaluator import evaluate
+from hfvision.training.loop import TrainingParts, make_ema, steps_per_epoch, train_one_epoch
 from hfvision.training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,7 @@ def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     train = recipe.train
     if train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise HfvisionError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    # Accelerate keeps process-wide singletons; a second fit in one process (a sweep, a test) may ask for another
-    # precision or accumulation. The process group (PartialState) is kept.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    return Accelerator(
+    return make_accelerator(
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=None if train.report_to == "none" else train.report_to,
@@ -115,8 +111,8 @@ def fit(recipe: Recipe) -> dict:
                       f"{len(label_names)} classes; model: {total:,} parameters, {trainable:,} trainable")
 
     preprocessor = BatchPreprocessor(built.normalization, recipe.data.augment, num_classes=len(label_names))
-    train_loader = make_loader(data.train, train.batch_size, shuffle=True)
-    val_loader = make_loader(data.validation, recipe.eval.batch_size, shuffle=False)
+    train_loader = data.train.loader(train.batch_size, shuffle=True)
+    val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
     optimizer = build_optimizer(built.model, train)
     scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(train_loader), train.gradient_accumulation_steps))
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -172,7 +168,7 @@ def fit(recipe: Recipe) -> dict:
     # The test split is evaluated once, with the best checkpoint as it reloads from disk.
     best = AutoModelForImageClassification.from_pretrained(run_dir / "best")
     best = accelerator.prepare_model(best, evaluation_mode=True)
-    test_loader = accelerator.prepare_data_loader(make_loader(data.test, recipe.eval.batch_size, shuffle=False))
+    test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
     test = evaluate(best, test_loader, preprocessor, accelerator, label_names)
     accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state['best_epoch']})")
     metrics = {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],

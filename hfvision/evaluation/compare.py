@@ -1,0 +1,64 @@
+"""One comparison table across run dirs (Markdown and CSV) plus overlaid curves: the table studies build by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from hfvision.errors import HfvisionError
+from hfvision.evaluation.plots import plot_curves
+
+COLUMNS = ("run", "model", "tuning", "parameters", "trainable_parameters", "flops_per_image", "epoch_seconds",
+           "inference_ms_per_batch", "train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1", "best_epoch")
+
+
+def run_row(run_dir: Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise HfvisionError(f"{run_dir}: no metrics.json (is it a finished run dir?)")
+    metrics = json.loads(path.read_text())
+    history = metrics.get("history") or []
+    best = next((h for h in history if h["epoch"] == metrics.get("best_epoch")), history[-1] if history else {})
+    model, timing = metrics.get("model", {}), metrics.get("timing", {})
+    return {
+        "run": Path(run_dir).name, "model": model.get("name"), "tuning": model.get("tuning"),
+        "parameters": model.get("parameters"), "trainable_parameters": model.get("trainable_parameters"),
+        "flops_per_image": model.get("flops_per_image"), "epoch_seconds": timing.get("train_seconds_per_epoch"),
+        "inference_ms_per_batch": timing.get("inference_ms_per_batch"),
+        "train_accuracy": best.get("train_accuracy"), "val_accuracy": best.get("val_accuracy"),
+        "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
+        "best_epoch": metrics.get("best_epoch"), "history": history,
+    }
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
+    """Write ``out`` (.md), the same table as ``.csv`` and ``curves`` beside it; return the rows."""
+    rows = [run_row(d) for d in run_dirs]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown_table(rows))
+    with out.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    histories = {row["run"]: row["history"] for row in rows if row["history"]}
+    if histories:
+        plot_curves(histories, out.with_name(out.stem + "_curves.png"))
+    return rows

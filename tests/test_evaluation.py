@@ -1,0 +1,194 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+from conftest import REPO
+from hfvision import ScratchViTConfig, ScratchViTForImageClassification
+from hfvision.data.synthetic import CLASSES
+from hfvision.evaluation.compare import write_comparison
+from hfvision.evaluation.metrics import ClassificationMetrics, TopKAccuracy
+from hfvision.evaluation.profile import flops_per_image, inference_latency, model_profile
+
+
+def check_against_sklearn(logits: np.ndarray, labels: np.ndarray, num_labels: int, batches: int = 3):
+    metrics = ClassificationMetrics([f"c{i}" for i in range(num_labels)])
+    for part in np.array_split(np.arange(len(labels)), batches):  # streamed in uneven batches
+        metrics.add_batch(logits[part], labels[part])
+    result = metrics.compute()
+    predictions = logits.argmax(1)
+    classes = list(range(num_labels))
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, predictions))
+    assert result["confusion_matrix"] == confusion_matrix(labels, predictions, labels=classes).tolist()
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(labels, predictions, labels=classes, average=average, zero_division=0)
+        assert (result[f"{average}_precision"], result[f"{average}_recall"], result[f"{average}_f1"]) == \
+            pytest.approx((p, r, f))
+    p, r, f, support = precision_recall_fscore_support(labels, predictions, labels=classes, zero_division=0)
+    per_class = list(result["per_class"].values())
+    assert [row["precision"] for row in per_class] == pytest.approx(p.tolist())
+    assert [row["recall"] for row in per_class] == pytest.approx(r.tolist())
+    assert [row["f1"] for row in per_class] == pytest.approx(f.tolist())
+    assert [row["support"] for row in per_class] == support.tolist()
+    if num_labels > 5:
+        assert result["top5_accuracy"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=classes))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 12).flatmap(lambda k: st.tuples(
+    st.just(k),
+    st.lists(st.tuples(st.integers(0, k - 1), st.lists(st.integers(-2, 2), min_size=k, max_size=k)),
+             min_size=1, max_size=60))))
+def test_metrics_equal_sklearn_on_random_inputs_with_ties(case):
+    num_labels, rows = case
+    labels = np.array([r[0] for r in rows])
+    logits = np.array([r[1] for r in rows], dtype=np.float32)  # small integer scores: many ties
+    check_against_sklearn(logits, labels, num_labels, batches=min(3, len(rows)))
+
+
+@pytest.mark.parametrize("case", ["all_one_class", "missing_classes", "all_wrong", "all_tied"])
+def test_metrics_equal_sklearn_on_adversarial_inputs(case):
+    rng = np.random.default_rng(0)
+    num_labels, n = 10, 50
+    labels = rng.integers(0, num_labels, n)
+    logits = rng.normal(size=(n, num_labels)).astype(np.float32)
+    if case == "all_one_class":
+        labels[:] = 3
+        logits[:, 3] += 1.0
+    elif case == "missing_classes":
+        labels = rng.integers(0, 4, n)
+    elif case == "all_wrong":
+        logits[np.arange(n), labels] = -10
+    elif case == "all_tied":
+        logits[:] = 0.0
+    check_against_sklearn(logits, labels, num_labels)
+
+
+def test_metric_modules_stream_and_combine():
+    import evaluate
+
+    from hfvision.evaluation.metrics import Accuracy, ConfusionMatrix
+
+    combined = evaluate.combine([Accuracy(keep_in_memory=True), ConfusionMatrix(keep_in_memory=True)])
+    combined.add_batch(predictions=[0, 1], references=[0, 0])
+    combined.add_batch(predictions=[1], references=[1])
+    result = combined.compute(num_labels=2)
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["confusion_matrix"] == [[1, 1], [0, 1]]
+    topk = TopKAccuracy(keep_in_memory=True)
+    topk.add_batch(predictions=[[0.1, 0.5, 0.4], [0.9, 0.05, 0.05]], references=[2, 1])
+    assert topk.compute(k=2) == {"top2_accuracy": 0.5}
+
+
+def tiny_vit(patch=8, **fields):
+    config = dict(image_size=32, patch_size=patch, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, num_labels=5)
+    config.update(fields)
+    return ScratchViTForImageClassification(ScratchViTConfig(**config))
+
+
+def test_flops_match_a_hand_count_for_a_tiny_vit():
+    n, d, heads, inner, layers, patch = 17, 32, 2, 64, 2, 8  # 16 patches + CLS
+    patch_embed = 16 * (3 * patch * patch) * d
+    per_layer = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * inner  # qkv, QK^T and AV, proj, MLP
+    head = d * 5
+    expected_macs = patch_embed + layers * per_layer + head
+    assert flops_per_image(tiny_vit(), 32) == 2 * expected_macs
+
+
+@pytest.mark.parametrize("patch, depth, study_macs_per_64", [
+    (8, 8, 6_979_797_024), (4, 4, 13_705_822_224), (4, 8, 27_358_609_440)])
+def test_macs_of_the_hw6_vits_match_the_study(patch, depth, study_macs_per_64):
+    model = ScratchViTForImageClassification(ScratchViTConfig(
+        image_size=32, patch_size=patch, hidden_size=256, num_hidden_layers=depth, num_attention_heads=4,
+        intermediate_size=1024, num_labels=100))
+    profile = model_profile(model, 32)
+    assert profile["macs_per_image"] * 64 == pytest.approx(study_macs_per_64, rel=0.01)
+
+
+def test_latency_is_measured_per_batch():
+    timing = inference_latency(tiny_vit(), 32, batch_size=4, warmup=1, iterations=3)
+    assert timing["inference_ms_per_batch"] > 0 and timing["latency_batch_size"] == 4
+    assert timing["images_per_second"] == pytest.approx(4000 / timing["inference_ms_per_batch"])
+
+
+@pytest.fixture(scope="module")
+def synthetic_model_dir(tmp_path_factory):
+    """An untrained ScratchViT with the synthetic labels: varied, deterministic predictions."""
+    from transformers import ViTImageProcessor
+
+    path = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = tiny_vit(num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
+                     label2id={c: i for i, c in enumerate(CLASSES)})
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return path
+
+
+def script(name, *args, nproc=None, timeout=600):
+    command = [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+    if nproc:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_port", str(29500 + os.getpid() % 1000), str(REPO / "scripts" / name), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_dir):
+    # 101 images in batches of 16 over 2 processes: the last batch is split unevenly and padded by Accelerate
+    common = ["--model", synthetic_model_dir, "--data", "synthetic", "--max-samples", 101, "--batch-size", 16]
+    assert "on 1 process(es)" in script("evaluate.py", *common, "--out", tmp_path / "one.json").stdout
+    assert "on 2 process(es)" in script("evaluate.py", *common, "--out", tmp_path / "two.json", nproc=2).stdout
+    one, two = (json.loads((tmp_path / f).read_text())["test"] for f in ("one.json", "two.json"))
+    assert one["num_samples"] == two["num_samples"] == 101
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    for key in ("accuracy", "top5_accuracy", "macro_f1", "weighted_f1", "loss"):
+        assert one[key] == pytest.approx(two[key], rel=1e-6), key
+
+
+@pytest.mark.slow
+def test_distributed_training_runs_and_reports_the_full_test_split(tmp_path):
+    out = tmp_path / "ddp"
+    script("finetune.py", REPO / "recipes" / "quickstart.yaml", f"output_dir={out}", "data.max_train_samples=200",
+           "data.max_eval_samples=101", "train.epochs=1", "train.report_to=none", "eval.latency_batch_size=8",
+           "eval.explain=false", nproc=2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["num_samples"] == 101
+    single = script("evaluate.py", "--model", out, "--data", "synthetic", "--max-samples", 101,
+                    "--out", tmp_path / "check.json")
+    assert json.loads((tmp_path / "check.json").read_text())["test"]["accuracy"] == pytest.approx(
+        metrics["test"]["accuracy"])
+    assert single.stdout
+
+
+@pytest.mark.slow
+def test_report_compares_runs(tmp_path, synthetic_model_dir):
+    from hfvision.recipe import load_recipe
+    from hfvision.training.run import fit
+    from conftest import tiny_recipe_overrides
+
+    runs = []
+    for name, width in (("narrow", 32), ("wide", 64)):
+        fit(load_recipe(REPO / "recipes" / "quickstart.yaml",
+                        tiny_recipe_overrides(tmp_path / name, **{"model.config.hidden_size": width})))
+        runs.append(tmp_path / name)
+    rows = write_comparison(runs, tmp_path / "cmp" / "table.md")
+    assert [r["run"] for r in rows] == ["narrow", "wide"]
+    assert rows[0]["parameters"] < rows[1]["parameters"]
+    text = (tmp_path / "cmp" / "table.md").read_text()
+    assert text.count("\n") == 4 and "| narrow | scratch_vit | full |" in text
+    assert (tmp_path / "cmp" / "table.csv").read_text().splitlines()[0].startswith("run,model,tuning,parameters")
+    assert (tmp_path / "cmp" / "table_curves.png").stat().st_size > 10_000
+    result = script("report.py", *runs, "--out", tmp_path / "cli.md")
+    assert "| wide |" in result.stdout
