@@ -186,29 +186,27 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise RecipeError(f"override '{item}': expected key=value, e.g. train.epochs=3")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """Turn ``["train.epochs=3", "data.mean=[0.5,0.5,0.5]"]`` into a nested dict of YAML values."""
-    tree: dict = {}
+    return apply_overrides({}, overrides)
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Set each dotted key in ``tree``; a whole mapping (``model.config={...}``) replaces, it does not merge."""
     for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override '{item}': expected key=value, e.g. train.epochs=3")
-        key, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
-        _set_dotted(tree, key.strip(), value)
+        _set_dotted(tree, *_parse_override(item))
     return tree
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def recipe_from_dict(raw: dict) -> Recipe:
@@ -231,7 +229,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise RecipeError(f"recipe file {path} is not valid YAML: {first}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
-    raw = _merge(raw, parse_overrides(overrides or []))
+    apply_overrides(raw, overrides or [])
     return recipe_from_dict(raw)
 
 

@@ -45,7 +45,8 @@ def make_images(num_images: int, image_size: int = 32, seed: int = 0):
     rng.shuffle(labels)
     images = rng.normal(110, 35, size=(num_images, image_size, image_size, 3)).clip(0, 255)
     boxes = np.zeros((num_images, 4), np.int64)
-    low, high = image_size // 4, image_size // 2
+    # shapes span 3/8 to 1/2 of the image: at least 1.5 cells of the coarsest (4x4, CIFAR ResNet) Grad-CAM grid
+    low, high = 3 * image_size // 8, image_size // 2
     for i, label in enumerate(labels):
         colour_name, shape = CLASSES[label].split("_")
         size = int(rng.integers(low, high + 1))

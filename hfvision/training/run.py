@@ -27,6 +27,7 @@ from hfvision.recipe import Recipe
 from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
 from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
 from hfvision.evaluation.evaluator import evaluate
+from hfvision.explain.api import per_class_grid
 from hfvision.training.loop import TrainingParts, make_ema, steps_per_epoch, train_one_epoch
 from hfvision.training.optim import build_optimizer, build_scheduler
 
@@ -174,7 +175,10 @@ def fit(recipe: Recipe) -> dict:
     metrics = {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
                "history": state["history"], "stopped_early": state.get("stopped_early", False)}
     if accelerator.is_main_process:
-        metrics = write_run_artifacts(run_dir, recipe, metrics, accelerator.unwrap_model(best),
-                                      built.normalization.size, trainable)
+        best_model = accelerator.unwrap_model(best)
+        metrics = write_run_artifacts(run_dir, recipe, metrics, best_model, built.normalization.size, trainable)
+        if recipe.eval.explain:
+            per_class_grid(best_model, built.normalization, data.test, label_names, run_dir / "gradcam_per_class.png",
+                           name=recipe.model.name)
     accelerator.wait_for_everyone()
     return metrics

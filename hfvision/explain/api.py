@@ -1,0 +1,96 @@
+"""Explain predictions: heat maps for batches, per-class grids, model comparisons, feature PCA figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hfvision.data.sources import ImageSplit
+from hfvision.data.transforms import BatchPreprocessor, Normalization
+from hfvision.errors import HfvisionError
+from hfvision.explain.figures import plot_heatmap_grid, to_rgb
+from hfvision.explain.gradcam import GradCam
+from hfvision.explain.pca import plot_pca, pooled_features, project
+from hfvision.explain.rollout import attention_rollout
+
+METHODS = ("gradcam", "rollout")
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """An image file as RGB uint8 (1, 3, H, W); grayscale and RGBA are converted."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise HfvisionError(f"--image: {path} does not exist") from None
+    except (UnidentifiedImageError, OSError):
+        raise HfvisionError(f"--image: {path} is not an image PIL can read") from None
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def heatmaps(model, normalization: Normalization, images: torch.Tensor, method: str = "gradcam",
+             target: int | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(heat maps (B, H, W), predicted/explained class ids, normalised pixels) for uint8 images."""
+    if method not in METHODS:
+        raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
+    device = next(model.parameters()).device
+    pixels = BatchPreprocessor(normalization).normalize(images.to(device))
+    if method == "gradcam":
+        heat, classes = GradCam(model)(pixels, target)
+    else:
+        heat = attention_rollout(model, pixels)
+        classes = model(pixel_values=pixels).logits.argmax(dim=1) if target is None else torch.full(
+            (pixels.shape[0],), target)
+    return heat.cpu().numpy(), classes.cpu().numpy(), pixels
+
+
+def first_index_per_class(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """The first image of each class present in ``labels``, in class order."""
+    found = {}
+    for index, label in enumerate(labels.tolist()):
+        found.setdefault(label, index)
+        if len(found) == num_classes:
+            break
+    return [found[c] for c in sorted(found)]
+
+
+def compare_heatmaps(models: dict[str, tuple[object, Normalization]], images: torch.Tensor, path,
+                     true_labels: list[str] | None = None, method: str = "gradcam") -> None:
+    """Rows: models; columns: images; titles: predicted class (and the true one when known)."""
+    rows, shown = {}, None
+    for name, (model, normalization) in models.items():
+        heat, classes, pixels = heatmaps(model, normalization, images, method)
+        names = [model.config.id2label[int(c)] for c in classes]
+        rows[name] = (heat, [f"pred: {n}" for n in names])
+        if shown is None:
+            shown = to_rgb(pixels, normalization)
+    titles = [f"true: {t}" for t in true_labels] if true_labels else None
+    plot_heatmap_grid(shown, rows, path, column_titles=titles)
+
+
+def per_class_grid(model, normalization: Normalization, split: ImageSplit, label_names: list[str], path,
+                   method: str = "gradcam", name: str = "model") -> None:
+    """One image per class with its heat map: the grid a run writes when ``eval.explain`` is on."""
+    indices = first_index_per_class(split.labels, len(label_names))
+    images = split.pixels[indices]
+    compare_heatmaps({name: (model, normalization)}, images, path,
+                     true_labels=[label_names[int(split.labels[i])] for i in indices], method=method)
+
+
+def pca_figure(models: dict[str, tuple[object, Normalization]], split: ImageSplit, label_names: list[str], path,
+               batch_size: int = 256) -> dict[str, list[float]]:
+    """PCA of pooled features per model, side by side; returns each model's explained-variance ratios."""
+    panels, variances = {}, {}
+    for name, (model, normalization) in models.items():
+        preprocess = BatchPreprocessor(normalization)
+        device = next(model.parameters()).device
+        batches = (preprocess.normalize(split.pixels[i:i + batch_size].to(device))
+                   for i in range(0, len(split), batch_size))
+        coords, variance = project(pooled_features(model, batches))
+        panels[name] = (coords, split.labels.numpy(), variance)
+        variances[name] = variance.tolist()
+    plot_pca(panels, label_names, path)
+    return variances

@@ -1,0 +1,160 @@
+"""Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391) for every family, through Captum's ``LayerGradCam``.
+
+Captum's ``LayerGradCam`` averages gradients over dims >= 2, so it is right on (B, C, h, w) maps and silently
+wrong on the (B, N, C) token sequences transformers emit. A forward hook on the target layer routes its
+patch tokens through :class:`TokenGrid`, a pass-through module whose output is the (B, C, h, w) grid (CLS and
+register tokens held aside), and Captum targets that module. Values are unchanged; only the view differs.
+
+Target layers, per family (found by probing, since module paths differ across transformers versions):
+
+- ViT-like with CLS pooling (transformers ViT/DeiT/DINOv2, ScratchViT): the last block's pre-attention norm.
+  The final norm's patch tokens get no gradient under CLS pooling; the last block's norm1 output feeds the
+  attention that CLS reads from, so its patch tokens do.
+- ScratchViT with mean pooling: the final norm, whose patch tokens are averaged into the classifier (as the
+  last conv map is in a CNN), so Grad-CAM is exactly CAM there.
+- Swin: the last stage's output, a row-major (h, w) grid of tokens without prefix.
+- Convolutional nets (CIFAR ResNet-18, transformers ResNet, ...): the last stage's (B, C, h, w) output.
+- Anything else: name the layer, ``GradCam(model, layer="dotted.module.path")``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from hfvision.models.tuning import NORM_TYPES, find_stages
+
+VIT_LIKE = ("vit", "deit", "dinov2", "dinov2_with_registers", "scratch_vit", "beit", "vit_msn", "vit_mae")
+SWIN_LIKE = ("swin", "swinv2", "donut-swin")
+
+
+class LogitsOnly(nn.Module):
+    """``pixels -> logits``: HF models return a ``ModelOutput``, Captum wants a tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+class TokenGrid(nn.Module):
+    """Identity on values; the view Captum needs: (B, h*w, C) tokens or (B, h, w, C) maps -> (B, C, h, w)."""
+
+    def forward(self, hidden: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+        if grid is None:  # channels-last map (B, h, w, C)
+            return hidden.permute(0, 3, 1, 2)
+        batch, _, channels = hidden.shape
+        return hidden.transpose(1, 2).reshape(batch, channels, *grid)  # tokens are in row-major grid order
+
+
+@dataclass
+class Target:
+    """The layer Grad-CAM reads, and how its output is laid out."""
+
+    layer: nn.Module
+    layout: str  # "tokens" (B, N, C), "nchw" (B, C, h, w) or "nhwc" (B, h, w, C)
+    prefix_tokens: int | None = None  # None: N minus the largest square that fits
+
+
+def _first_norm(module: nn.Module) -> nn.Module:
+    return next(m for m in module.modules() if isinstance(m, NORM_TYPES))
+
+
+def find_target(model: nn.Module) -> Target:
+    """The Grad-CAM layer for ``model``'s family (see the module docstring)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if model_type == "scratch_vit":
+        if model.config.pooling == "mean":  # patch tokens of the final norm are pooled directly: plain CAM
+            return Target(model.vit.norm, "tokens", model.config.num_prefix_tokens)
+        return Target(model.vit.blocks[-1].norm1, "tokens", model.config.num_prefix_tokens)
+    if model_type == "timm_wrapper":
+        timm_model = model.timm_model
+        if hasattr(timm_model, "blocks"):  # timm ViT family
+            return Target(timm_model.blocks[-1].norm1, "tokens", getattr(timm_model, "num_prefix_tokens", 1))
+        if hasattr(timm_model, "layers"):  # timm Swin: stages emit NHWC
+            return Target(timm_model.layers[-1], "nhwc")
+    _, stages = find_stages(model)
+    if model_type in SWIN_LIKE:
+        return Target(stages[-1], "tokens", 0)
+    if model_type in VIT_LIKE:
+        return Target(_first_norm(stages[-1]), "tokens")
+    return Target(stages[-1], "nchw")
+
+
+def named_target(model: nn.Module, layer: str, prefix_tokens: int | None = None) -> Target:
+    """A user-named layer; its layout (maps or tokens) is read off one forward pass."""
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"layer '{layer}' is not a module of {type(model).__name__}") from None
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    size = getattr(model.config, "image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    with torch.no_grad():
+        model(pixel_values=torch.zeros(1, getattr(model.config, "num_channels", 3), size, size,
+                                       device=next(model.parameters()).device))
+    handle.remove()
+    return Target(module, "nchw" if seen[0].dim() == 4 else "tokens", prefix_tokens)
+
+
+def _patch_count(num_tokens: int, prefix: int | None) -> tuple[int, int, int]:
+    """(prefix, h, w) for a square grid of patch tokens."""
+    if prefix is None:
+        side = math.isqrt(num_tokens)
+        prefix = num_tokens - side * side
+    side = math.isqrt(num_tokens - prefix)
+    if side * side != num_tokens - prefix:
+        raise ValueError(f"{num_tokens - prefix} patch tokens do not form a square grid")
+    return prefix, side, side
+
+
+class GradCam:
+    """Grad-CAM heat maps in [0, 1] at the input's spatial size: ``GradCam(model)(pixel_values, target=None)``."""
+
+    def __init__(self, model: nn.Module, layer: str | None = None, prefix_tokens: int | None = None):
+        self.model = model.eval()
+        self.target = named_target(model, layer, prefix_tokens) if layer else find_target(model)
+        self.token_grid = TokenGrid()
+        # A (B, C, h, w) layer is read as is; token and channels-last layers through the TokenGrid view.
+        captum_layer = self.target.layer if self.target.layout == "nchw" else self.token_grid
+        self.grad_cam = LayerGradCam(LogitsOnly(model), captum_layer)
+
+    def _route_through_grid(self, module, inputs, output):
+        """Forward hook on the target layer: same values, but flowing through ``token_grid``."""
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self.target.layout == "nhwc":
+            routed = self.token_grid(hidden, None).permute(0, 2, 3, 1)
+        else:
+            prefix, h, w = _patch_count(hidden.shape[1], self.target.prefix_tokens)
+            grid = self.token_grid(hidden[:, prefix:], (h, w))  # (B, C, h, w)
+            routed = torch.cat([hidden[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+        return (routed,) + tuple(output[1:]) if isinstance(output, tuple) else routed
+
+    def __call__(self, pixel_values: torch.Tensor, target: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heat maps (B, H, W) normalised per image to [0, 1], and the explained class per image."""
+        with torch.no_grad():
+            logits = self.model(pixel_values=pixel_values).logits
+        if target is None:
+            target = logits.argmax(dim=1)
+        elif isinstance(target, int):
+            target = torch.full((pixel_values.shape[0],), target, dtype=torch.long)
+        handle = None
+        if self.target.layout != "nchw":
+            handle = self.target.layer.register_forward_hook(self._route_through_grid)
+        try:
+            with torch.enable_grad():
+                cam = self.grad_cam.attribute(pixel_values, target=target.tolist(), relu_attributions=True)
+        finally:
+            if handle is not None:
+                handle.remove()
+        cam = LayerAttribution.interpolate(cam, tuple(pixel_values.shape[-2:]), interpolate_mode="bilinear")
+        cam = cam[:, 0].detach()
+        peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+        return cam / peak, target

@@ -1,0 +1,191 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (AutoModelForImageClassification, SwinConfig, SwinForImageClassification, ViTConfig,
+                          ViTForImageClassification)
+
+from conftest import REPO, tiny_recipe_overrides
+from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, ScratchViTConfig, ScratchViTForImageClassification
+from hfvision.data.synthetic import CLASSES, make_images
+from hfvision.data.transforms import BatchPreprocessor, Normalization
+from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure
+from hfvision.explain.gradcam import GradCam, TokenGrid, find_target
+from hfvision.explain.rollout import attention_rollout
+from hfvision.recipe import load_recipe
+from hfvision.training.run import fit
+
+NORM = Normalization(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def family_models():
+    torch.manual_seed(0)
+    scratch = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_labels=4)
+    return {
+        "scratch_vit": ScratchViTForImageClassification(ScratchViTConfig(**scratch)),
+        "scratch_vit_registers_rope": ScratchViTForImageClassification(ScratchViTConfig(
+            **scratch, num_registers=3, position_embedding="rope")),
+        "scratch_vit_mean": ScratchViTForImageClassification(ScratchViTConfig(**scratch, pooling="mean")),
+        "vit": ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=2, intermediate_size=64, num_labels=4)),
+        "swin": SwinForImageClassification(SwinConfig(image_size=32, patch_size=2, window_size=4, embed_dim=16,
+                                                      depths=[1, 1, 1], num_heads=[1, 2, 4], num_labels=4)),
+        "resnet18_cifar": ResNetCifarForImageClassification(ResNetCifarConfig(num_labels=4, stage_widths=[8, 16, 32, 64])),
+    }
+
+
+@pytest.mark.parametrize("family", list(family_models()))
+def test_heatmaps_have_input_size_are_bounded_and_batch_independent(family):
+    model = family_models()[family].eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    cam = GradCam(model)
+    heat, target = cam(pixels)
+    assert heat.shape == (3, 32, 32) and torch.isfinite(heat).all()
+    assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
+    alone, _ = cam(pixels[1:2], target[1:2])
+    torch.testing.assert_close(alone[0], heat[1], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the hook is a pass-through: logits are unchanged and it is removed afterwards
+        assert torch.equal(model(pixel_values=pixels).logits.argmax(1), target)
+    assert not find_target(model).layer._forward_hooks
+
+
+def test_target_layers_per_family():
+    models = family_models()
+    assert find_target(models["scratch_vit"]).layer is models["scratch_vit"].vit.blocks[-1].norm1
+    assert find_target(models["scratch_vit_registers_rope"]).prefix_tokens == 4
+    assert find_target(models["scratch_vit_mean"]).layer is models["scratch_vit_mean"].vit.norm
+    vit_target = find_target(models["vit"])
+    assert vit_target.layer is models["vit"].vit.layers[-1].layernorm_before
+    assert find_target(models["swin"]).layer is models["swin"].swin.encoder.layers[-1]
+    assert find_target(models["resnet18_cifar"]).layer is models["resnet18_cifar"].resnet.stages[-1]
+
+
+def test_swin_tokens_become_the_models_own_grid():
+    """No stripes: our token -> grid view equals the (B, C, h, w) map Swin itself reports for its last stage."""
+    model = family_models()["swin"].eval()
+    captured = []
+    handle = model.swin.encoder.layers[-1].register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    out = model(pixel_values=torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    handle.remove()
+    grid = TokenGrid()(captured[0], (4, 4))
+    torch.testing.assert_close(grid, out.reshaped_hidden_states[-1])
+
+
+def test_named_layer_and_rollout():
+    model = family_models()["scratch_vit"].eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    heat, _ = GradCam(model, layer="vit.blocks.0.norm1")(pixels)
+    assert heat.shape == (2, 32, 32)
+    heat, _ = GradCam(family_models()["resnet18_cifar"], layer="resnet.stages.2")(pixels)
+    assert heat.shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="layer 'nope' is not a module"):
+        GradCam(model, layer="nope")
+    for name in ("scratch_vit", "vit"):
+        maps = attention_rollout(family_models()[name], pixels)
+        assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+
+
+def peak_inside_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:
+    peaks = heat.reshape(len(heat), -1).argmax(1)
+    rows, cols = np.divmod(peaks, heat.shape[-1])
+    inside = (boxes[:, 0] <= cols) & (cols < boxes[:, 2]) & (boxes[:, 1] <= rows) & (rows < boxes[:, 3])
+    return float(inside.mean())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small ScratchViT (the quickstart) and a narrow CIFAR ResNet-18 trained on the synthetic shapes."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for name, overrides in {
+        "vit": {},
+        "resnet": {"model.name": "resnet18_cifar", "model.config": {"stage_widths": [16, 32, 64, 128]},
+                   "train.learning_rate": 0.002},
+    }.items():
+        overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 6, **overrides}
+        fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(root / name, **overrides)))
+        runs[name] = AutoModelForImageClassification.from_pretrained(root / name / "best").eval()
+    return runs
+
+
+def known_answer(model, method):
+    images, labels, boxes = make_images(200, seed=1)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    heat, predicted, _ = heatmaps(model, NORM, pixels, method)
+    correct = predicted == labels
+    return peak_inside_box_fraction(heat[correct], boxes[correct]), correct.mean()
+
+
+@pytest.mark.slow
+def test_resnet_gradcam_peaks_inside_the_shape(trained):
+    fraction, accuracy = known_answer(trained["resnet"], "gradcam")
+    assert accuracy > 0.9 and fraction >= 0.8
+
+
+@pytest.mark.slow
+def test_vit_explanations_find_the_shape(trained):
+    rollout, accuracy = known_answer(trained["vit"], "rollout")
+    assert accuracy > 0.9 and rollout >= 0.8
+    # Grad-CAM on this CLS-pooled ViT misses the 80% target (0.37 here, see the README's Explain section): its
+    # spatially averaged gradient weights ignore the attention that gates each token's use. It still points at
+    # the shape far more often than a random pixel would (the boxes cover about a fifth of the image).
+    gradcam, _ = known_answer(trained["vit"], "gradcam")
+    _, _, boxes = make_images(200, seed=1)
+    chance = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).mean() / 32 ** 2)
+    assert gradcam > 1.5 * chance
+
+
+@pytest.mark.slow
+def test_explain_and_pca_scripts_write_readable_pngs(trained, tmp_path):
+    vit_dir, res_dir = tmp_path / "vit", tmp_path / "res"
+    trained["vit"].save_pretrained(vit_dir)
+    trained["resnet"].save_pretrained(res_dir)
+    from transformers import ViTImageProcessor
+    for d in (vit_dir, res_dir):
+        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(d)
+    image = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([make_images(1, seed=5)[0][0], np.full((32, 32), 255, np.uint8)]), "RGBA").save(image)
+    commands = [
+        ["explain.py", "--model", vit_dir, "--image", image, "--out", tmp_path / "one.png"],
+        ["explain.py", "--model", vit_dir, "--model", res_dir, "--data", "synthetic", "--per-class", "--out",
+         tmp_path / "grid.png"],
+        ["explain.py", "--model", vit_dir, "--data", "synthetic", "--method", "rollout", "--count", 4, "--out",
+         tmp_path / "rollout.png"],
+        ["pca.py", "--model", vit_dir, "--model", res_dir, "--data", "synthetic", "--max-samples", 300, "--out",
+         tmp_path / "pca.png"],
+    ]
+    for command in commands:
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / command[0]), *map(str, command[1:])],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("one.png", "grid.png", "rollout.png", "pca.png"):
+        with Image.open(tmp_path / name) as png:
+            assert png.size[0] > 300 and png.size[1] > 200
+            assert np.asarray(png.convert("L")).std() > 10  # not a blank canvas
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "explain.py"), "--model", str(vit_dir), "--image",
+                          str(REPO / "README.md"), "--out", str(tmp_path / "x.png")], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --image:")
+
+
+def test_pca_and_per_class_helpers(tmp_path):
+    from hfvision.data.sources import ImageSplit
+
+    images, labels, _ = make_images(60)
+    split = ImageSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
+    assert [int(split.labels[i]) for i in first_index_per_class(split.labels, 6)] == list(range(6))
+    models = family_models()
+    variances = pca_figure({"vit": (models["scratch_vit"], NORM), "resnet": (models["resnet18_cifar"], NORM)},
+                           split, list(CLASSES), tmp_path / "pca.png")
+    assert set(variances) == {"vit", "resnet"} and all(0 < sum(v) <= 1 for v in variances.values())
+    assert (tmp_path / "pca.png").stat().st_size > 10_000
+
+
+def test_preprocessor_for_explain_matches_training():
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    x, _ = BatchPreprocessor(NORM)(images, torch.zeros(2), train=False)
+    _, _, pixels = heatmaps(family_models()["scratch_vit"], NORM, images)
+    torch.testing.assert_close(pixels, x)
