@@ -24,6 +24,7 @@ from hfvision.evaluation.artifacts import write_run_artifacts
 from hfvision.models.factory import build_model
 from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
+from hfvision.hub import push_to_hub, write_model_card
 from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
 from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
 from hfvision.evaluation.evaluator import evaluate
@@ -180,5 +181,9 @@ def fit(recipe: Recipe) -> dict:
         if recipe.eval.explain:
             per_class_grid(best_model, built.normalization, data.test, label_names, run_dir / "gradcam_per_class.png",
                            name=recipe.model.name)
+        write_model_card(run_dir)
+        if recipe.hub.push:
+            url = push_to_hub(run_dir, recipe.hub.repo_id, private=recipe.hub.private)
+            accelerator.print(f"pushed best/ to {url}")
     accelerator.wait_for_everyone()
     return metrics
