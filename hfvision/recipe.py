@@ -98,6 +98,15 @@ class HubRecipe:
 
 
 @dataclass
+class SweepRecipe:
+    """Runs that ``scripts/sweep.py`` expands this recipe into (``scripts/finetune.py`` ignores it)."""
+
+    grid: dict = field(default_factory=dict)  # dotted key -> list of values; the cross product is run
+    variants: dict = field(default_factory=dict)  # run name -> {dotted key: value}; each crossed with the grid
+    name_template: Optional[str] = None  # e.g. "p{patch_size}_d{num_hidden_layers}" (last part of each key)
+
+
+@dataclass
 class Recipe:
     seed: int = 42
     output_dir: str = "runs/default"
@@ -106,6 +115,7 @@ class Recipe:
     train: TrainRecipe = field(default_factory=TrainRecipe)
     eval: EvalRecipe = field(default_factory=EvalRecipe)
     hub: HubRecipe = field(default_factory=HubRecipe)
+    sweep: SweepRecipe = field(default_factory=SweepRecipe)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -290,6 +300,10 @@ def validate(recipe: Recipe) -> None:
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
     _require(bool(recipe.output_dir), "output_dir: expected a directory path")
+    for key, values in recipe.sweep.grid.items():
+        _require(isinstance(values, list) and len(values) > 0, f"sweep.grid.{key}: expected a non-empty list of values")
+    for name, changes in recipe.sweep.variants.items():
+        _require(isinstance(changes, dict), f"sweep.variants.{name}: expected a mapping of dotted keys to values")
 
 
 def _check_dataset_path(dataset: str) -> None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig,
-                          PreTrainedModel, SwinConfig, SwinForImageClassification, ViTImageProcessor)
+                          PreTrainedModel, SwinConfig, SwinForImageClassification, TimmWrapperImageProcessor,
+                          ViTImageProcessor)
 
 import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
 from hfvision.data.transforms import Normalization
@@ -84,6 +85,9 @@ def _edge(size) -> int | None:
 
 def processor_normalization(processor) -> Normalization:
     """Size, mean and std from an image processor (square inputs; the crop size when it center-crops)."""
+    if hasattr(processor, "data_config"):  # transformers' timm wrapper keeps timm's data config
+        config = processor.data_config
+        return _normalization(config["input_size"][-1], config["mean"], config["std"])
     size = _edge(processor.size)
     if getattr(processor, "do_center_crop", False) and _edge(getattr(processor, "crop_size", None)):
         size = _edge(processor.crop_size)
@@ -129,7 +133,7 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
         raise HfvisionError(f"model.name: could not load '{model_recipe.name}': {first}") from None
     norm = processor_normalization(processor)
     norm = _normalization(data.image_size or norm.size, data.mean or norm.mean, data.std or norm.std)
-    _set_processor_normalization(processor, norm)
+    processor = _set_processor_normalization(processor, norm, model)
     return BuiltModel(model, processor, norm)
 
 
@@ -143,12 +147,18 @@ def _from_pretrained(path: str, config) -> PreTrainedModel:
         return AutoModelForImageClassification.from_pretrained(path, **kwargs)
 
 
-def _set_processor_normalization(processor, norm: Normalization) -> None:
+def _set_processor_normalization(processor, norm: Normalization, model: PreTrainedModel):
     """Make the saved processor describe what training fed the model, so inference matches."""
+    if hasattr(processor, "data_config"):  # timm: the processor is read from the model config's pretrained_cfg
+        pretrained_cfg = {**(model.config.pretrained_cfg or {}), "input_size": [3, norm.size, norm.size],
+                          "mean": list(norm.mean), "std": list(norm.std), "crop_pct": 1.0}
+        model.config.pretrained_cfg = pretrained_cfg
+        return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=model.config.architecture)
     processor.image_mean, processor.image_std = list(norm.mean), list(norm.std)
     processor.size = {"height": norm.size, "width": norm.size}
     if getattr(processor, "do_center_crop", False):
         processor.crop_size = {"height": norm.size, "width": norm.size}
+    return processor
 
 
 def build_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: list[str]) -> BuiltModel:

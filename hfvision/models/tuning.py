@@ -30,9 +30,10 @@ def find_classifier(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def find_stages(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The outermost ``ModuleList`` holding the most parameters: the encoder's blocks or stages."""
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+def find_stages(model: nn.Module) -> tuple[str, nn.Module]:
+    """The outermost ``ModuleList``/``Sequential`` holding the most parameters: the encoder's blocks or stages
+    (``vit.layers``, ``swin.encoder.layers``, timm's ``blocks``, ``resnet.stages``)."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)]
     outer = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
     if not outer:
         raise ValueError(f"{type(model).__name__}: no list of encoder blocks or stages found")
