@@ -192,3 +192,12 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir):
     assert (tmp_path / "cmp" / "table_curves.png").stat().st_size > 10_000
     result = script("report.py", *runs, "--out", tmp_path / "cli.md")
     assert "| wide |" in result.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_its_tables(tmp_path):
+    result = script("benchmark.py", "--recipe", REPO / "recipes" / "quickstart.yaml", "--batch-size", 4, "--steps", 1,
+                    "--out", tmp_path)
+    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert rows[0]["parameters"] == 74_822 and rows[0]["train_images_per_s_fp32"] > 0
+    assert "| quickstart |" in (tmp_path / "cpu.md").read_text() and "quickstart" in result.stdout

@@ -12,7 +12,7 @@ from conftest import REPO, tiny_recipe_overrides
 from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, ScratchViTConfig, ScratchViTForImageClassification
 from hfvision.data.synthetic import CLASSES, make_images
 from hfvision.data.transforms import BatchPreprocessor, Normalization
-from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure
+from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, synthetic_localization
 from hfvision.explain.gradcam import GradCam, TokenGrid, find_target
 from hfvision.explain.rollout import attention_rollout
 from hfvision.recipe import load_recipe
@@ -88,13 +88,6 @@ def test_named_layer_and_rollout():
         assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
 
 
-def peak_inside_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:
-    peaks = heat.reshape(len(heat), -1).argmax(1)
-    rows, cols = np.divmod(peaks, heat.shape[-1])
-    inside = (boxes[:, 0] <= cols) & (cols < boxes[:, 2]) & (boxes[:, 1] <= rows) & (rows < boxes[:, 3])
-    return float(inside.mean())
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small ScratchViT (the quickstart) and a narrow CIFAR ResNet-18 trained on the synthetic shapes."""
@@ -112,11 +105,8 @@ def trained(tmp_path_factory):
 
 
 def known_answer(model, method):
-    images, labels, boxes = make_images(200, seed=1)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
-    heat, predicted, _ = heatmaps(model, NORM, pixels, method)
-    correct = predicted == labels
-    return peak_inside_box_fraction(heat[correct], boxes[correct]), correct.mean()
+    result = synthetic_localization(model, NORM, method, count=200)
+    return result["peak_in_box"], result["accuracy"]
 
 
 @pytest.mark.slow

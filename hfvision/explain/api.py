@@ -47,6 +47,26 @@ def heatmaps(model, normalization: Normalization, images: torch.Tensor, method: 
     return heat.cpu().numpy(), classes.cpu().numpy(), pixels
 
 
+def peak_in_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:
+    """Fraction of heat maps (B, H, W) whose peak pixel lies inside its box (x0, y0, x1, y1; ends exclusive)."""
+    peaks = heat.reshape(len(heat), -1).argmax(1)
+    rows, cols = np.divmod(peaks, heat.shape[-1])
+    inside = (boxes[:, 0] <= cols) & (cols < boxes[:, 2]) & (boxes[:, 1] <= rows) & (rows < boxes[:, 3])
+    return float(inside.mean()) if len(inside) else 0.0
+
+
+def synthetic_localization(model, normalization: Normalization, method: str = "gradcam", count: int = 200) -> dict:
+    """The known-answer check on fresh synthetic images: for correctly classified ones, how often the heat map
+    peaks inside the shape's bounding box."""
+    from hfvision.data.synthetic import make_images
+
+    images, labels, boxes = make_images(count, normalization.size, seed=1)
+    heat, predicted, _ = heatmaps(model, normalization, torch.from_numpy(images).permute(0, 3, 1, 2), method)
+    correct = predicted == labels
+    return {"method": method, "images": count, "accuracy": float(correct.mean()),
+            "peak_in_box": peak_in_box_fraction(heat[correct], boxes[correct])}
+
+
 def first_index_per_class(labels: torch.Tensor, num_classes: int) -> list[int]:
     """The first image of each class present in ``labels``, in class order."""
     found = {}
