@@ -129,3 +129,18 @@ def test_processor_normalisation_matches_the_hf_processor():
 def test_real_cifar10_copy_loads():
     split, names = load_eval_split(str(CIFAR10), "test", None, max_samples=50)
     assert names[0] == "airplane" and split.pixels.shape == (50, 3, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10.exists(), reason="needs ../shared/data/cifar10")
+def test_quickstart_runs_on_real_cifar10(tmp_path):
+    from conftest import REPO
+    from hfvision.recipe import load_recipe
+    from hfvision.training.run import fit
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                         [f"data.dataset={CIFAR10}", "data.max_train_samples=2000", "data.max_eval_samples=1000",
+                          "train.epochs=1", f"output_dir={tmp_path / 'run'}", "train.report_to=none"])
+    metrics = fit(recipe)
+    assert metrics["test"]["num_samples"] == 1000 and list(metrics["test"]["per_class"])[:2] == ["airplane", "automobile"]
+    assert metrics["test"]["accuracy"] > 0.15  # one short epoch, 10 classes: above chance
