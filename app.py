@@ -118,5 +118,5 @@ if __name__ == "__main__":
     try:
         load(args.model)  # fail early, in one line, when the model cannot be loaded
     except HfvisionError as exc:
-        raise SystemExit(f"error: {exc}")
+        raise SystemExit(f"error: {exc}") from None
     demo.launch(server_name=args.host, server_port=args.port)

@@ -11,6 +11,11 @@ from hfvision.errors import HfvisionError
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()  # per-file bars of save/load; the training loop keeps its own
+    transformers_logging.disable_progress_bar()
     try:
         main(argv)
     except HfvisionError as exc:

@@ -41,8 +41,13 @@ def tiny_recipe_overrides(output_dir, **extra) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_pretrained_dirs(tmp_path_factory):
     """A tiny ViT and a tiny Swin saved with save_pretrained, 1000 labels, as stand-ins for Hub checkpoints."""
-    from transformers import (SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification,
-                              ViTImageProcessor)
+    from transformers import (
+        SwinConfig,
+        SwinForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
 
     root = tmp_path_factory.mktemp("pretrained")
     torch.manual_seed(0)

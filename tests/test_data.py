@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from conftest import CIFAR10
+from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 
-from conftest import CIFAR10
 from hfvision.data.sources import decode_split, find_columns, load_eval_split, load_raw, split_dataset
 from hfvision.data.synthetic import CLASSES, make_images
-from hfvision.data.transforms import BatchPreprocessor, Normalization, random_crop_with_padding
+from hfvision.data.transforms import BatchPreprocessor, random_crop_with_padding
 from hfvision.errors import HfvisionError
+from hfvision.normalization import Normalization
 from hfvision.recipe import AugmentRecipe, DataRecipe
 
 
@@ -135,6 +136,7 @@ def test_real_cifar10_copy_loads():
 @pytest.mark.skipif(not CIFAR10.exists(), reason="needs ../shared/data/cifar10")
 def test_quickstart_runs_on_real_cifar10(tmp_path):
     from conftest import REPO
+
     from hfvision.recipe import load_recipe
     from hfvision.training.run import fit
 

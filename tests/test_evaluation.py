@@ -1,17 +1,16 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-from conftest import REPO
 from hfvision import ScratchViTConfig, ScratchViTForImageClassification
 from hfvision.data.synthetic import CLASSES
 from hfvision.evaluation.compare import write_comparison
@@ -95,7 +94,7 @@ def tiny_vit(patch=8, **fields):
 
 
 def test_flops_match_a_hand_count_for_a_tiny_vit():
-    n, d, heads, inner, layers, patch = 17, 32, 2, 64, 2, 8  # 16 patches + CLS
+    n, d, inner, layers, patch = 17, 32, 64, 2, 8  # 16 patches + CLS; head count does not change FLOPs
     patch_embed = 16 * (3 * patch * patch) * d
     per_layer = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * inner  # qkv, QK^T and AV, proj, MLP
     head = d * 5
@@ -174,9 +173,10 @@ def test_distributed_training_runs_and_reports_the_full_test_split(tmp_path):
 
 @pytest.mark.slow
 def test_report_compares_runs(tmp_path, synthetic_model_dir):
+    from conftest import tiny_recipe_overrides
+
     from hfvision.recipe import load_recipe
     from hfvision.training.run import fit
-    from conftest import tiny_recipe_overrides
 
     runs = []
     for name, width in (("narrow", 32), ("wide", 64)):

@@ -4,17 +4,28 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from transformers import (AutoModelForImageClassification, SwinConfig, SwinForImageClassification, ViTConfig,
-                          ViTForImageClassification)
-
 from conftest import REPO, tiny_recipe_overrides
-from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, ScratchViTConfig, ScratchViTForImageClassification
+from PIL import Image
+from transformers import (
+    AutoModelForImageClassification,
+    SwinConfig,
+    SwinForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from hfvision import (
+    ResNetCifarConfig,
+    ResNetCifarForImageClassification,
+    ScratchViTConfig,
+    ScratchViTForImageClassification,
+)
 from hfvision.data.synthetic import CLASSES, make_images
-from hfvision.data.transforms import BatchPreprocessor, Normalization
+from hfvision.data.transforms import BatchPreprocessor
 from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, synthetic_localization
 from hfvision.explain.gradcam import GradCam, TokenGrid, find_target
 from hfvision.explain.rollout import attention_rollout
+from hfvision.normalization import Normalization
 from hfvision.recipe import load_recipe
 from hfvision.training.run import fit
 

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from hfvision.errors import RecipeError
 from hfvision.recipe import Recipe, load_recipe, parse_overrides
 

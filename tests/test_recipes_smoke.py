@@ -3,8 +3,8 @@
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, tiny_recipe_overrides
+
 from hfvision.models.factory import SCRATCH_FAMILIES
 from hfvision.recipe import load_recipe
 from hfvision.sweep import expand

@@ -11,7 +11,6 @@ from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig,
 
 import hfvision
 from hfvision import ScratchViTConfig, ScratchViTForImageClassification
-from hfvision.models import scratch_vit
 from hfvision.models.scratch_vit import apply_rope, rope_2d_angles, vit_state_dict_from_transformers
 
 AXES = {

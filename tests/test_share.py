@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_recipe_overrides
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from conftest import REPO, tiny_recipe_overrides
 from hfvision.data.synthetic import CLASSES, make_images
 from hfvision.errors import HfvisionError
 from hfvision.hub import push_to_hub

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from hfvision.errors import RecipeError
 from hfvision.sweep import expand, parse_grid_option, run_sweep
 

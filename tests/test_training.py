@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import REPO, tiny_recipe_overrides
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import hfvision.training.run as run_module
-from conftest import REPO, tiny_recipe_overrides
 from hfvision.errors import HfvisionError
 from hfvision.recipe import TrainRecipe, load_recipe
 from hfvision.training.optim import lr_multiplier, parameter_groups
@@ -53,7 +53,8 @@ def test_quickstart_learns_and_writes_the_run_dir(tmp_path):
 @pytest.mark.slow
 def test_best_reloads_with_the_recorded_test_accuracy(tmp_path):
     from hfvision.data.sources import decode_splits, load_raw, split_dataset
-    from hfvision.data.transforms import BatchPreprocessor, Normalization
+    from hfvision.data.transforms import BatchPreprocessor
+    from hfvision.normalization import Normalization
 
     metrics, out = run(tmp_path, **{"train.epochs": 2})
     recipe = load_recipe(out / "recipe.yaml")

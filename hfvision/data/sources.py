@@ -9,7 +9,6 @@ resizing to the model's size, normalising and augmenting happen per batch (see `
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | 
     arrays = [_to_rgb_array(img, None) for img in images]
     if len({a.shape for a in arrays}) > 1:
         if size is None:
-            raise HfvisionError(f"data.image_size: images have different sizes; set data.image_size")
+            raise HfvisionError("data.image_size: images have different sizes; set data.image_size")
         arrays = [_to_rgb_array(img, size) for img in images]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(ds[label_column], dtype=torch.long)

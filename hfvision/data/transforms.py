@@ -8,22 +8,12 @@ MixUp/CutMix act on (images, labels) after normalisation and return soft labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from hfvision.normalization import Normalization
 from hfvision.recipe import AugmentRecipe
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """What the model expects: square input ``size`` and per-channel ``mean``/``std`` on [0, 1] pixels."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 def random_crop_with_padding(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch.utils.data import DataLoader
 
 from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import load_eval_split
 from hfvision.data.transforms import BatchPreprocessor
-from hfvision.evaluation.metrics import ClassificationMetrics
 from hfvision.errors import HfvisionError
+from hfvision.evaluation.metrics import ClassificationMetrics
 from hfvision.models.factory import load_model_for_inference
 
 

@@ -9,12 +9,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hfvision.data.sources import ImageSplit
-from hfvision.data.transforms import BatchPreprocessor, Normalization
+from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.explain.figures import plot_heatmap_grid, to_rgb
 from hfvision.explain.gradcam import GradCam
 from hfvision.explain.pca import plot_pca, pooled_features, project
 from hfvision.explain.rollout import attention_rollout
+from hfvision.normalization import Normalization
 
 METHODS = ("gradcam", "rollout")
 

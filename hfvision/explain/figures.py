@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hfvision.data.transforms import Normalization, denormalize  # noqa: E402
+from hfvision.data.transforms import denormalize  # noqa: E402
+from hfvision.normalization import Normalization  # noqa: E402
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -8,24 +8,30 @@ replaced for the dataset's labels.
 
 from __future__ import annotations
 
+import difflib
 import inspect
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig,
-                          PreTrainedModel, SwinConfig, SwinForImageClassification, TimmWrapperImageProcessor,
-                          ViTImageProcessor)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    SwinConfig,
+    SwinForImageClassification,
+    TimmWrapperImageProcessor,
+    ViTImageProcessor,
+)
 
 import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
-from hfvision.data.transforms import Normalization
 from hfvision.errors import HfvisionError
 from hfvision.models.resnet_cifar import ResNetCifarConfig, ResNetCifarForImageClassification
 from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
 from hfvision.models.tuning import apply_tuning
+from hfvision.normalization import Normalization
 from hfvision.recipe import DataRecipe, ModelRecipe
-
-logger = logging.getLogger(__name__)
 
 # Swin-T widths for 32x32 images: patch 2 and window 4 give a 16x16 -> 8x8 -> 4x4 token pyramid.
 SCRATCH_SWIN_DEFAULTS = dict(image_size=32, patch_size=2, window_size=4, embed_dim=96, depths=[2, 6, 2],
@@ -65,7 +71,6 @@ def _check_config_keys(config_class, overrides: dict, family: str) -> None:
     accepted |= set(inspect.signature(PretrainedConfig.__init__).parameters) - {"self", "kwargs"}
     for key in overrides:
         if key not in accepted:
-            import difflib
             hint = difflib.get_close_matches(key, sorted(accepted), n=1)
             tail = f" (did you mean 'model.config.{hint[0]}'?)" if hint else ""
             raise HfvisionError(f"unknown key 'model.config.{key}' for {family}{tail}")

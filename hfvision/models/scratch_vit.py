@@ -23,7 +23,6 @@ that a model dir loads with ``trust_remote_code=True`` where hfvision is not ins
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

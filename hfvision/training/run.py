@@ -7,7 +7,6 @@ dirs with the image processor), ``checkpoint/`` (what ``train.resume=true`` cont
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -21,18 +20,16 @@ from hfvision.data.sources import decode_splits, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.evaluation.artifacts import write_run_artifacts
+from hfvision.evaluation.evaluator import evaluate
+from hfvision.explain.api import per_class_grid
+from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
+from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import build_model
 from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
-from hfvision.hub import push_to_hub, write_model_card
-from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
 from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
-from hfvision.evaluation.evaluator import evaluate
-from hfvision.explain.api import per_class_grid
 from hfvision.training.loop import TrainingParts, make_ema, steps_per_epoch, train_one_epoch
 from hfvision.training.optim import build_optimizer, build_scheduler
-
-logger = logging.getLogger(__name__)
 
 
 def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
