@@ -57,7 +57,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int) -> dict:
     start = time.perf_counter()
     progress = tqdm(parts.train_loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
                     disable=not accelerator.is_local_main_process)
-    for images, labels in progress:
+    for step, (images, labels) in enumerate(progress):
         pixel_values, targets = parts.preprocessor(images, labels, train=True, generator=generator)
         with accelerator.accumulate(model):
             logits = logits_of(model, pixel_values)
@@ -75,7 +75,9 @@ def train_one_epoch(parts: TrainingParts, epoch: int) -> dict:
         total_loss += loss.detach() * batch
         correct += (logits.argmax(dim=1) == hard_targets).sum()
         seen += batch
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        if accelerator.is_local_main_process and step % 10 == 0:  # .item() waits for the device
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(correct / seen).item():.3f}",
+                                 lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
     totals = accelerator.reduce(torch.stack([total_loss, correct, seen]), reduction="sum")
     seconds = time.perf_counter() - start
     return {"train_loss": (totals[0] / totals[2]).item(), "train_accuracy": (totals[1] / totals[2]).item(),
