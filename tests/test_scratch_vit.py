@@ -200,10 +200,19 @@ def test_position_options_change_the_model():
         tiny(position_embedding="rope", cls_position_embedding=True)
 
 
-def test_learned_table_resamples_for_another_image_size():
+def test_learned_table_resamples_for_another_image_size(tmp_path):
     model = ScratchViTForImageClassification(tiny()).eval()
-    out = model(torch.randn(1, 3, 64, 64))
+    out = model(torch.randn(1, 3, 64, 64))  # on the fly, for inputs of another size
     assert out.logits.shape == (1, 5) and torch.isfinite(out.logits).all()
+    model.save_pretrained(tmp_path)
+    bigger = AutoModelForImageClassification.from_pretrained(tmp_path, image_size=64).eval()  # at load
+    assert bigger.config.image_size == 64 and bigger.vit.position_table.shape == (1, 1 + 64, 32)
+    torch.testing.assert_close(bigger.vit.position_table[:, 0], model.vit.position_table[:, 0])  # CLS row kept
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(bigger(pixels).logits, model(pixels).logits)  # same as resampling on the fly
+    same = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert same.config.image_size == 32 and same.vit.position_table.shape == (1, 17, 32)
 
 
 @pytest.mark.parametrize("fields, message", [

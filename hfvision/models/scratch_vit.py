@@ -339,6 +339,40 @@ class ScratchViTPreTrainedModel(PreTrainedModel):
                 nn.init.trunc_normal_(module.position_table, std=std)
 
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``from_pretrained(dir, image_size=64)`` (or a config with another ``image_size``) loads the weights at
+        their saved size, then resamples the learned position table to the new patch grid."""
+        config = kwargs.get("config")
+        target = kwargs.pop("image_size", None) or getattr(config, "image_size", None)
+        saved = ScratchViTConfig.from_pretrained(pretrained_model_name_or_path,
+                                                 **{k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs})
+        if target is None or target == saved.image_size:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if isinstance(config, PretrainedConfig):
+            config.image_size = saved.image_size
+        else:
+            kwargs["config"] = saved
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.resize_image(target)
+        return model
+
+    def resize_image(self, image_size: int) -> None:
+        """Set the input size; a learned position table is resampled bicubically (CLS row kept)."""
+        base = self.base_model
+        config = self.config
+        if image_size % config.patch_size:
+            raise ValueError(f"ScratchViTConfig: image_size {image_size} is not divisible by patch_size {config.patch_size}")
+        new_grid = (image_size // config.patch_size,) * 2
+        if base.position_table is not None:
+            table = base.position_table.data
+            prefix = table[:, :int(config.cls_position_embedding)]
+            patches = resample_grid(table[:, prefix.shape[1]:], base.grid, new_grid)
+            base.position_table = nn.Parameter(torch.cat([prefix, patches], dim=1))
+        base.grid = new_grid
+        config.image_size = image_size
+
+
 class ScratchViTModel(ScratchViTPreTrainedModel):
     """Patch embedding, prefix tokens, position scheme, blocks, final norm; pooled output per ``pooling``."""
 
