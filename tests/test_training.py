@@ -164,9 +164,12 @@ def test_training_options_change_behaviour(tmp_path):
 
 @pytest.mark.slow
 def test_early_stopping_stops(tmp_path):
-    metrics, _ = run(tmp_path, **{"train.epochs": 6, "train.learning_rate": 1e-9, "train.early_stopping_patience": 1,
-                                  "train.warmup_epochs": 0})
+    settings = {"train.epochs": 6, "train.learning_rate": 1e-9, "train.early_stopping_patience": 1,
+                "train.warmup_epochs": 0}
+    metrics, _ = run(tmp_path, **settings)
     assert metrics["stopped_early"] and len(metrics["history"]) < 6
+    again, _ = run(tmp_path, **settings, **{"train.resume": True})  # a stopped run stays stopped
+    assert again["history"] == metrics["history"]
 
 
 def test_lr_schedules():

@@ -92,14 +92,8 @@ def _flat_hparams(recipe: Recipe) -> dict:
     return flat
 
 
-def fit(recipe: Recipe) -> dict:
-    """Train per the recipe, evaluate ``best/`` on the test split and write the run dir. Returns metrics."""
-    run_dir = Path(recipe.output_dir)
-    train = recipe.train
-    _check_run_dir(run_dir, train.resume)
-    accelerator = _make_accelerator(recipe, run_dir)
-    set_seed(recipe.seed)
-
+def _load_data_and_model(recipe: Recipe, accelerator: Accelerator):
+    """Splits and label names first (they size the head), then the model, then images decoded at its size."""
     with accelerator.main_process_first():
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
@@ -108,41 +102,31 @@ def fit(recipe: Recipe) -> dict:
     total, trainable = count_parameters(built.model)
     accelerator.print(f"data: {len(data.train)} train / {len(data.validation)} val / {len(data.test)} test images, "
                       f"{len(label_names)} classes; model: {total:,} parameters, {trainable:,} trainable")
+    return built, data, trainable
 
-    preprocessor = BatchPreprocessor(built.normalization, recipe.data.augment, num_classes=len(label_names))
-    train_loader = data.train.loader(train.batch_size, shuffle=True)
-    val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
-    optimizer = build_optimizer(built.model, train)
-    scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(train_loader), train.gradient_accumulation_steps))
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        built.model, optimizer, train_loader, val_loader, scheduler)
-    ema = None
-    if train.ema_decay is not None:
-        ema = make_ema(accelerator.unwrap_model(model), train.ema_decay)
-        accelerator.register_for_checkpointing(ema)
-    parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train, recipe.seed, ema)
 
-    state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": None, "epochs_without_improvement": 0}
-    if train.resume and (run_dir / "checkpoint").exists():
+def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+    """A fresh trainer state, or the one in ``checkpoint/`` (with every prepared object's state) on resume."""
+    if resume and (run_dir / "checkpoint").exists():
         accelerator.load_state(str(run_dir / "checkpoint"))
         state = read_trainer_state(run_dir / "checkpoint")
         accelerator.print(f"resumed from {run_dir / 'checkpoint'} after epoch {state['epoch']}")
-    elif train.resume:
+        return state
+    if resume:
         accelerator.print(f"train.resume: no checkpoint in {run_dir}; starting from scratch")
+    return {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": None,
+            "epochs_without_improvement": 0, "stopped_early": False}
 
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recipe.save(run_dir / "recipe.yaml")
-    if train.report_to != "none":
-        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
 
-    eval_model = (lambda: ema.module) if ema is not None else (lambda: model)
-    stopped_early = False
+def _train_epochs(parts: TrainingParts, state: dict, eval_model, val_loader, label_names: list[str],
+                  image_processor, run_dir: Path) -> dict:
+    """Epochs from ``state['epoch']``: train, validate, keep best/ and last/, checkpoint; early stopping."""
+    accelerator, train = parts.accelerator, parts.train
     for epoch in range(state["epoch"], train.epochs):
-        if stopped_early:
+        if state.get("stopped_early"):
             break
         record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch)}
-        val = evaluate(eval_model(), val_loader, preprocessor, accelerator, label_names)
+        val = evaluate(eval_model(), val_loader, parts.preprocessor, accelerator, label_names)
         record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         state["history"].append(record)
         accelerator.print(f"epoch {epoch + 1}/{train.epochs}: train loss {record['train_loss']:.4f} "
@@ -152,19 +136,24 @@ def fit(recipe: Recipe) -> dict:
             accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
         if val["accuracy"] > state["best_val_accuracy"]:
             state.update(best_val_accuracy=val["accuracy"], best_epoch=epoch + 1, epochs_without_improvement=0)
-            _save_model_dir(accelerator, eval_model(), built.image_processor, run_dir / "best")
+            _save_model_dir(accelerator, eval_model(), image_processor, run_dir / "best")
         else:
             state["epochs_without_improvement"] += 1
-        _save_model_dir(accelerator, eval_model(), built.image_processor, run_dir / "last")
+        _save_model_dir(accelerator, eval_model(), image_processor, run_dir / "last")
         state["epoch"] = epoch + 1
-        if train.early_stopping_patience is not None and state["epochs_without_improvement"] >= train.early_stopping_patience:
-            state["stopped_early"] = stopped_early = True
-            accelerator.print(f"early stopping: no better val accuracy for {train.early_stopping_patience} epochs")
+        patience = train.early_stopping_patience
+        if patience is not None and state["epochs_without_improvement"] >= patience:
+            state["stopped_early"] = True
+            accelerator.print(f"early stopping: no better val accuracy for {patience} epochs")
         _save_checkpoint(accelerator, run_dir, state)
-    if train.report_to != "none":
-        accelerator.end_training()
+    return state
 
-    # The test split is evaluated once, with the best checkpoint as it reloads from disk.
+
+def _test_and_share(recipe: Recipe, accelerator: Accelerator, state: dict, built, data, preprocessor,
+                    trainable: int) -> dict:
+    """Evaluate ``best/`` as it reloads from disk on the test split (once), then write the run files and card."""
+    run_dir = Path(recipe.output_dir)
+    label_names = data.label_names
     best = AutoModelForImageClassification.from_pretrained(run_dir / "best")
     best = accelerator.prepare_model(best, evaluation_mode=True)
     test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
@@ -184,3 +173,38 @@ def fit(recipe: Recipe) -> dict:
             accelerator.print(f"pushed best/ to {url}")
     accelerator.wait_for_everyone()
     return metrics
+
+
+def fit(recipe: Recipe) -> dict:
+    """Train per the recipe, evaluate ``best/`` on the test split and write the run dir. Returns metrics."""
+    run_dir = Path(recipe.output_dir)
+    train = recipe.train
+    _check_run_dir(run_dir, train.resume)
+    accelerator = _make_accelerator(recipe, run_dir)
+    set_seed(recipe.seed)
+    built, data, trainable = _load_data_and_model(recipe, accelerator)
+
+    preprocessor = BatchPreprocessor(built.normalization, recipe.data.augment, num_classes=len(data.label_names))
+    train_loader = data.train.loader(train.batch_size, shuffle=True)
+    val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
+    optimizer = build_optimizer(built.model, train)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(train_loader), train.gradient_accumulation_steps))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        built.model, optimizer, train_loader, val_loader, scheduler)
+    ema = None
+    if train.ema_decay is not None:
+        ema = make_ema(accelerator.unwrap_model(model), train.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train, recipe.seed, ema)
+    state = _initial_state(accelerator, run_dir, train.resume)
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe.save(run_dir / "recipe.yaml")
+    if train.report_to != "none":
+        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
+    eval_model = (lambda: ema.module) if ema is not None else (lambda: model)  # EMA weights are what we keep
+    state = _train_epochs(parts, state, eval_model, val_loader, data.label_names, built.image_processor, run_dir)
+    if train.report_to != "none":
+        accelerator.end_training()
+    return _test_and_share(recipe, accelerator, state, built, data, preprocessor, trainable)
