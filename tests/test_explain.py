@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import REPO, tiny_recipe_overrides
 from PIL import Image
+from torch import nn
 from transformers import (
     AutoModelForImageClassification,
     SwinConfig,
@@ -23,7 +24,7 @@ from hfvision import (
 from hfvision.data.synthetic import CLASSES, make_images
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, synthetic_localization
-from hfvision.explain.gradcam import GradCam, TokenGrid, find_target
+from hfvision.explain.gradcam import GradCam, TokenGrid, _norm_with_constant_scale, find_target
 from hfvision.explain.rollout import attention_rollout
 from hfvision.normalization import Normalization
 from hfvision.recipe import load_recipe
@@ -67,11 +68,45 @@ def test_target_layers_per_family():
     models = family_models()
     assert find_target(models["scratch_vit"]).layer is models["scratch_vit"].vit.blocks[-1].norm1
     assert find_target(models["scratch_vit_registers_rope"]).prefix_tokens == 4
-    assert find_target(models["scratch_vit_mean"]).layer is models["scratch_vit_mean"].vit.norm
+    assert find_target(models["scratch_vit_mean"]).layer is models["scratch_vit_mean"].vit.blocks[-1].norm1
     vit_target = find_target(models["vit"])
     assert vit_target.layer is models["vit"].vit.layers[-1].layernorm_before
     assert find_target(models["swin"]).layer is models["swin"].swin.encoder.layers[-1]
     assert find_target(models["resnet18_cifar"]).layer is models["resnet18_cifar"].resnet.stages[-1]
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm(6), nn.RMSNorm(6)], ids=["layernorm", "rmsnorm"])
+def test_norm_rule_keeps_values_and_holds_the_scale_constant(norm):
+    """The LN rule: same forward values; backward = the norm's affine map divided by a constant scale."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        norm.weight.normal_()
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.normal_()
+    x = torch.randn(3, 5, 6, requires_grad=True)
+    upstream = torch.randn(3, 5, 6)
+    handle = norm.register_forward_hook(_norm_with_constant_scale)
+    out = norm(x)
+    handle.remove()
+    torch.testing.assert_close(out, norm(x))
+    (grad,) = torch.autograd.grad((out * upstream).sum(), x)
+    weighted = upstream * norm.weight
+    if isinstance(norm, nn.LayerNorm):  # d/dx (x - mean x) / s * w with s constant
+        scale = (x.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        expected = (weighted - weighted.mean(-1, keepdim=True)) / scale
+    else:
+        expected = weighted / (x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps).sqrt()
+    torch.testing.assert_close(grad, expected.detach())
+
+
+def test_norm_rule_changes_transformer_maps_only():
+    models = family_models()
+    pixels = torch.randn(2, 3, 32, 32)
+    for name, changes in (("scratch_vit", True), ("swin", True), ("resnet18_cifar", False)):
+        model = models[name].eval()
+        with_rule, target = GradCam(model)(pixels)
+        without, _ = GradCam(model, constant_norm_scale=False)(pixels, target)
+        assert (not torch.allclose(with_rule, without, atol=1e-4)) == changes, name
 
 
 def test_swin_tokens_become_the_models_own_grid():
@@ -101,11 +136,14 @@ def test_named_layer_and_rollout():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small ScratchViT (the quickstart) and a narrow CIFAR ResNet-18 trained on the synthetic shapes."""
+    """A small ScratchViT (the quickstart with RoPE) and a narrow CIFAR ResNet-18 trained on the synthetic shapes.
+
+    RoPE, not the quickstart's learned table: over five training seeds each, Grad-CAM on the RoPE model peaked on the
+    shape in 85-99% of images, on the learned-table model in 65-99% (README, Explanations)."""
     root = tmp_path_factory.mktemp("trained")
     runs = {}
     for name, overrides in {
-        "vit": {},
+        "vit": {"model.config.position_embedding": "rope"},
         "resnet": {"model.name": "resnet18_cifar", "model.config": {"stage_widths": [16, 32, 64, 128]},
                    "train.learning_rate": 0.002},
     }.items():
@@ -128,15 +166,10 @@ def test_resnet_gradcam_peaks_inside_the_shape(trained):
 
 @pytest.mark.slow
 def test_vit_explanations_find_the_shape(trained):
-    rollout, accuracy = known_answer(trained["vit"], "rollout")
-    assert accuracy > 0.9 and rollout >= 0.8
-    # Grad-CAM on this CLS-pooled ViT misses the 80% target (0.37 here, see the README's Explain section): its
-    # spatially averaged gradient weights ignore the attention that gates each token's use. It still points at
-    # the shape far more often than a random pixel would (the boxes cover about a fifth of the image).
-    gradcam, _ = known_answer(trained["vit"], "gradcam")
-    _, _, boxes = make_images(200, seed=1)
-    chance = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).mean() / 32 ** 2)
-    assert gradcam > 1.5 * chance
+    gradcam, accuracy = known_answer(trained["vit"], "gradcam")
+    assert accuracy > 0.9 and gradcam >= 0.8
+    rollout, _ = known_answer(trained["vit"], "rollout")
+    assert rollout >= 0.8
 
 
 @pytest.mark.slow

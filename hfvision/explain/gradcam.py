@@ -5,13 +5,21 @@ wrong on the (B, N, C) token sequences transformers emit. A forward hook on the 
 patch tokens through :class:`TokenGrid`, a pass-through module whose output is the (B, C, h, w) grid (CLS and
 register tokens held aside), and Captum targets that module. Values are unchanged; only the view differs.
 
+Gradients through LayerNorm (the LN rule of Ali et al. 2022, arXiv:2202.07304). A LayerNorm divides by its
+input's own standard deviation, so the function after it is invariant to the input's scale and its gradient is
+orthogonal to the input: gradient x activation through a transformer then sums to about zero and its sign is
+arbitrary. On trained ScratchViTs the shape's tokens often came out strongly *negative* for the predicted class,
+and Grad-CAM peaked on the shape in only 18-78% of images. While attributing, every LayerNorm/RMSNorm is
+recomputed with its scale held constant in the backward pass (a forward hook; forward values are unchanged),
+which is the standard fix; see the README's Explanations section for the measured effect.
+
 Target layers, per family (found by probing, since module paths differ across transformers versions):
 
-- ViT-like with CLS pooling (transformers ViT/DeiT/DINOv2, ScratchViT): the last block's pre-attention norm.
+- ViT-like (transformers ViT/DeiT/DINOv2, ScratchViT with any pooling): the last block's pre-attention norm.
   The final norm's patch tokens get no gradient under CLS pooling; the last block's norm1 output feeds the
-  attention that CLS reads from, so its patch tokens do.
-- ScratchViT with mean pooling: the final norm, whose patch tokens are averaged into the classifier (as the
-  last conv map is in a CNN), so Grad-CAM is exactly CAM there.
+  attention that CLS reads from, so its patch tokens do. Under mean pooling the final norm's tokens do get
+  gradient, but by then attention has copied the class into every background token (the exact CAM there peaked
+  on the shape in 20-74% of images), so the same layer is used.
 - Swin: the last stage's output, a row-major (h, w) grid of tokens without prefix.
 - Convolutional nets (CIFAR ResNet-18, transformers ResNet, ...): the last stage's (B, C, h, w) output.
 - Anything else: name the layer, ``GradCam(model, layer="dotted.module.path")``.
@@ -62,6 +70,28 @@ class Target:
     prefix_tokens: int | None = None  # None: N minus the largest square that fits
 
 
+def _norm_with_constant_scale(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the same normalised values, with the divisor detached (the LN rule, see the docstring)."""
+    x = inputs[0]
+    if isinstance(module, nn.LayerNorm):
+        centred = x - x.mean(dim=-1, keepdim=True)
+        scale = (centred.pow(2).mean(dim=-1, keepdim=True) + module.eps).sqrt()
+    else:  # RMSNorm; eps=None means the dtype's eps, as in torch
+        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        centred, scale = x, (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+    normalised = centred / scale.detach()
+    if module.weight is not None:
+        normalised = normalised * module.weight
+    if getattr(module, "bias", None) is not None:
+        normalised = normalised + module.bias
+    return normalised
+
+
+def _token_norms(model: nn.Module) -> list[nn.Module]:
+    """LayerNorms/RMSNorms over the last dim (the transformer norms; BatchNorm is affine in eval mode)."""
+    return [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and len(m.normalized_shape) == 1]
+
+
 def _first_norm(module: nn.Module) -> nn.Module:
     return next(m for m in module.modules() if isinstance(m, NORM_TYPES))
 
@@ -70,8 +100,6 @@ def find_target(model: nn.Module) -> Target:
     """The Grad-CAM layer for ``model``'s family (see the module docstring)."""
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     if model_type == "scratch_vit":
-        if model.config.pooling == "mean":  # patch tokens of the final norm are pooled directly: plain CAM
-            return Target(model.vit.norm, "tokens", model.config.num_prefix_tokens)
         return Target(model.vit.blocks[-1].norm1, "tokens", model.config.num_prefix_tokens)
     if model_type == "timm_wrapper":
         timm_model = model.timm_model
@@ -118,8 +146,10 @@ def _patch_count(num_tokens: int, prefix: int | None) -> tuple[int, int, int]:
 class GradCam:
     """Grad-CAM heat maps in [0, 1] at the input's spatial size: ``GradCam(model)(pixel_values, target=None)``."""
 
-    def __init__(self, model: nn.Module, layer: str | None = None, prefix_tokens: int | None = None):
+    def __init__(self, model: nn.Module, layer: str | None = None, prefix_tokens: int | None = None,
+                 constant_norm_scale: bool = True):
         self.model = model.eval()
+        self.constant_norm_scale = constant_norm_scale
         self.target = named_target(model, layer, prefix_tokens) if layer else find_target(model)
         self.token_grid = TokenGrid()
         # A (B, C, h, w) layer is read as is; token and channels-last layers through the TokenGrid view.
@@ -145,14 +175,16 @@ class GradCam:
             target = logits.argmax(dim=1)
         elif isinstance(target, int):
             target = torch.full((pixel_values.shape[0],), target, dtype=torch.long)
-        handle = None
+        # Norm hooks first: the target layer may itself be a norm, and its routing hook must see the new output.
+        norms = _token_norms(self.model) if self.constant_norm_scale else []
+        handles = [norm.register_forward_hook(_norm_with_constant_scale) for norm in norms]
         if self.target.layout != "nchw":
-            handle = self.target.layer.register_forward_hook(self._route_through_grid)
+            handles.append(self.target.layer.register_forward_hook(self._route_through_grid))
         try:
             with torch.enable_grad():
                 cam = self.grad_cam.attribute(pixel_values, target=target.tolist(), relu_attributions=True)
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         cam = LayerAttribution.interpolate(cam, tuple(pixel_values.shape[-2:]), interpolate_mode="bilinear")
         cam = cam[:, 0].detach()
