@@ -1,6 +1,7 @@
 """The known-answer check for explanations: on synthetic shapes, how often the heat map peaks in the shape.
 
     python scripts/localization.py --model runs/quickstart [--method gradcam|rollout] [--count 200]
+                                   [--plain-norm-gradients]
 """
 
 import argparse
@@ -20,10 +21,13 @@ def main(argv):
     parser.add_argument("--model", required=True, help="a model trained on the synthetic dataset (run dir or model dir)")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--plain-norm-gradients", action="store_true",
+                        help="Grad-CAM without the LN rule (gradients through the norms' scale), for comparison")
     args = parser.parse_args(argv)
     built = load_model_for_inference(args.model)
-    print(json.dumps({"model": args.model, **synthetic_localization(built.model, built.normalization, args.method,
-                                                                    args.count)}))
+    result = synthetic_localization(built.model, built.normalization, args.method, args.count,
+                                    constant_norm_scale=not args.plain_norm_gradients)
+    print(json.dumps({"model": args.model, "norm_rule": not args.plain_norm_gradients, **result}))
 
 
 if __name__ == "__main__":

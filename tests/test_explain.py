@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -138,8 +139,9 @@ def test_named_layer_and_rollout():
 def trained(tmp_path_factory):
     """A small ScratchViT (the quickstart with RoPE) and a narrow CIFAR ResNet-18 trained on the synthetic shapes.
 
-    RoPE, not the quickstart's learned table: over five training seeds each, Grad-CAM on the RoPE model peaked on the
-    shape in 85-99% of images, on the learned-table model in 65-99% (README, Explanations)."""
+    Grad-CAM's score varies between training runs (76-99% over ten quickstart runs, README, Explanations); with
+    these test settings and seed the learned-table quickstart model is one of the weak ones (65%), the RoPE one
+    is not (97.5%), so the test trains RoPE: the assertion is about the method, not about a lucky seed."""
     root = tmp_path_factory.mktemp("trained")
     runs = {}
     for name, overrides in {
@@ -195,6 +197,15 @@ def test_explain_and_pca_scripts_write_readable_pngs(trained, tmp_path):
         result = subprocess.run([sys.executable, str(REPO / "scripts" / command[0]), *map(str, command[1:])],
                                 capture_output=True, text=True, cwd=REPO, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
+    reports = {}
+    for flag in ([], ["--plain-norm-gradients"]):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "localization.py"), "--model", str(vit_dir),
+                                 "--count", "60", *flag], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        reports[report["norm_rule"]] = report
+    assert reports[True]["images"] == 60 and reports[True]["peak_in_box"] >= 0.8
+    assert 0 <= reports[False]["peak_in_box"] <= 1
     for name in ("one.png", "grid.png", "rollout.png", "pca.png"):
         with Image.open(tmp_path / name) as png:
             assert png.size[0] > 300 and png.size[1] > 200

@@ -33,14 +33,16 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 
 def heatmaps(model, normalization: Normalization, images: torch.Tensor, method: str = "gradcam",
-             target: int | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(heat maps (B, H, W), predicted/explained class ids, normalised pixels) for uint8 images."""
+             target: int | None = None,
+             constant_norm_scale: bool = True) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(heat maps (B, H, W), predicted/explained class ids, normalised pixels) for uint8 images.
+    ``constant_norm_scale=False`` gives plain gradients through LayerNorms (see ``hfvision.explain.gradcam``)."""
     if method not in METHODS:
         raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(normalization).normalize(images.to(device))
     if method == "gradcam":
-        heat, classes = GradCam(model)(pixels, target)
+        heat, classes = GradCam(model, constant_norm_scale=constant_norm_scale)(pixels, target)
     else:
         heat = attention_rollout(model, pixels)
         classes = model(pixel_values=pixels).logits.argmax(dim=1) if target is None else torch.full(
@@ -56,13 +58,15 @@ def peak_in_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:
     return float(inside.mean()) if len(inside) else 0.0
 
 
-def synthetic_localization(model, normalization: Normalization, method: str = "gradcam", count: int = 200) -> dict:
+def synthetic_localization(model, normalization: Normalization, method: str = "gradcam", count: int = 200,
+                           constant_norm_scale: bool = True) -> dict:
     """The known-answer check on fresh synthetic images: for correctly classified ones, how often the heat map
     peaks inside the shape's bounding box."""
     from hfvision.data.synthetic import make_images
 
     images, labels, boxes = make_images(count, normalization.size, seed=1)
-    heat, predicted, _ = heatmaps(model, normalization, torch.from_numpy(images).permute(0, 3, 1, 2), method)
+    heat, predicted, _ = heatmaps(model, normalization, torch.from_numpy(images).permute(0, 3, 1, 2), method,
+                                  constant_norm_scale=constant_norm_scale)
     correct = predicted == labels
     return {"method": method, "images": count, "accuracy": float(correct.mean()),
             "peak_in_box": peak_in_box_fraction(heat[correct], boxes[correct])}

@@ -6,20 +6,20 @@ patch tokens through :class:`TokenGrid`, a pass-through module whose output is t
 register tokens held aside), and Captum targets that module. Values are unchanged; only the view differs.
 
 Gradients through LayerNorm (the LN rule of Ali et al. 2022, arXiv:2202.07304). A LayerNorm divides by its
-input's own standard deviation, so the function after it is invariant to the input's scale and its gradient is
-orthogonal to the input: gradient x activation through a transformer then sums to about zero and its sign is
-arbitrary. On trained ScratchViTs the shape's tokens often came out strongly *negative* for the predicted class,
-and Grad-CAM peaked on the shape in only 18-78% of images. While attributing, every LayerNorm/RMSNorm is
-recomputed with its scale held constant in the backward pass (a forward hook; forward values are unchanged),
-which is the standard fix; see the README's Explanations section for the measured effect.
+input's own standard deviation, so what follows it is invariant to the input's scale and the gradient is
+orthogonal to the input: gradient x activation through a transformer sums to about zero and its sign is
+arbitrary. On trained ScratchViTs whole classes came out with the shape's tokens strongly *negative*, and
+Grad-CAM peaked on the shape in 31-78% of images. While attributing, every LayerNorm/RMSNorm is recomputed with
+its scale held constant in the backward pass (a forward hook; forward values are unchanged), which lifted the
+same models to 76-99% (README, Explanations). ``GradCam(..., constant_norm_scale=False)`` turns it off.
 
 Target layers, per family (found by probing, since module paths differ across transformers versions):
 
 - ViT-like (transformers ViT/DeiT/DINOv2, ScratchViT with any pooling): the last block's pre-attention norm.
   The final norm's patch tokens get no gradient under CLS pooling; the last block's norm1 output feeds the
   attention that CLS reads from, so its patch tokens do. Under mean pooling the final norm's tokens do get
-  gradient, but by then attention has copied the class into every background token (the exact CAM there peaked
-  on the shape in 20-74% of images), so the same layer is used.
+  gradient, but by then attention has copied the class into every background token (their exact CAM is high
+  everywhere but on the shape), so the same layer is used.
 - Swin: the last stage's output, a row-major (h, w) grid of tokens without prefix.
 - Convolutional nets (CIFAR ResNet-18, transformers ResNet, ...): the last stage's (B, C, h, w) output.
 - Anything else: name the layer, ``GradCam(model, layer="dotted.module.path")``.
