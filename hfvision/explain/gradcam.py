@@ -149,7 +149,7 @@ class GradCam:
     def __init__(self, model: nn.Module, layer: str | None = None, prefix_tokens: int | None = None,
                  constant_norm_scale: bool = True):
         self.model = model.eval()
-        self.constant_norm_scale = constant_norm_scale
+        self.norms = _token_norms(model) if constant_norm_scale else []  # held at constant scale while attributing
         self.target = named_target(model, layer, prefix_tokens) if layer else find_target(model)
         self.token_grid = TokenGrid()
         # A (B, C, h, w) layer is read as is; token and channels-last layers through the TokenGrid view.
@@ -176,8 +176,7 @@ class GradCam:
         elif isinstance(target, int):
             target = torch.full((pixel_values.shape[0],), target, dtype=torch.long)
         # Norm hooks first: the target layer may itself be a norm, and its routing hook must see the new output.
-        norms = _token_norms(self.model) if self.constant_norm_scale else []
-        handles = [norm.register_forward_hook(_norm_with_constant_scale) for norm in norms]
+        handles = [norm.register_forward_hook(_norm_with_constant_scale) for norm in self.norms]
         if self.target.layout != "nchw":
             handles.append(self.target.layer.register_forward_hook(self._route_through_grid))
         try:
