@@ -56,15 +56,15 @@ def predict(image, model_name: str = DEFAULT_MODEL):
         built = load(model_name)
     except HfvisionError as exc:
         raise gr.Error(str(exc)) from None
-    pixels = image_to_tensor(image, built.normalization.size)
+    pixels = image_to_tensor(image, built.spec.image_size)
     with torch.no_grad():
         device = next(built.model.parameters()).device
-        logits = built.model(pixel_values=BatchPreprocessor(built.normalization).normalize(pixels.to(device))).logits
+        logits = built.model(pixel_values=BatchPreprocessor(built.spec).resize_and_normalize(pixels.to(device))).logits
     probabilities = logits.softmax(dim=-1)[0].cpu()
     top = probabilities.topk(min(5, probabilities.numel()))
     labels = {built.model.config.id2label[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
-    heat, _, normalised = heatmaps(built.model, built.normalization, pixels)
-    blended = overlay(to_rgb(normalised, built.normalization)[0], heat[0])
+    heat, _, normalised = heatmaps(built.model, built.spec, pixels)
+    blended = overlay(to_rgb(normalised, built.spec)[0], heat[0])
     shown = Image.fromarray((blended * 255).astype(np.uint8)).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST)
     return labels, shown
 

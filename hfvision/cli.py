@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from hfvision.errors import HfvisionError
+from hfvision.training.trainer import RunInterrupted
 
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> None:
@@ -21,7 +22,10 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> None:
     except HfvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as exc:  # SIGTERM/SIGUSR1: a checkpoint was written
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in checkpoint/; rerun with train.resume=true",
+        print("interrupted: the last checkpoint (epoch end or step) is in checkpoint/; rerun with train.resume=true",
               file=sys.stderr)
         sys.exit(130)

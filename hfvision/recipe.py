@@ -80,6 +80,9 @@ class TrainRecipe:
     ema_decay: Optional[float] = None  # e.g. 0.999; None turns EMA off
     early_stopping_patience: Optional[int] = None  # epochs without a better val accuracy
     resume: bool = False
+    # Checkpoints inside an epoch (besides every epoch end), for exact resume after a kill or preemption.
+    checkpoint_every_steps: Optional[int] = None  # optimiser steps
+    checkpoint_every_minutes: Optional[float] = None
     report_to: str = "tensorboard"
 
 
@@ -296,6 +299,10 @@ def validate(recipe: Recipe) -> None:
     _require(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay: expected a number in (0, 1) or null, got {t.ema_decay}")
     _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
              f"train.early_stopping_patience: expected a positive integer or null, got {t.early_stopping_patience}")
+    _require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+             f"train.checkpoint_every_steps: expected a positive integer or null, got {t.checkpoint_every_steps}")
+    _require(t.checkpoint_every_minutes is None or t.checkpoint_every_minutes > 0,
+             f"train.checkpoint_every_minutes: expected a positive number or null, got {t.checkpoint_every_minutes}")
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")

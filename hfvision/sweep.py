@@ -71,7 +71,7 @@ def run_sweep(recipe_path: str | Path, grid_options: list[str], overrides: list[
               name_template: str | None = None, fit=None) -> tuple[Path, list[dict]]:
     """Run every run of the sweep that is not finished; write ``comparison.md/.csv`` and curves. Returns rows."""
     if fit is None:
-        from hfvision.training.run import fit
+        from hfvision.pipeline import fit
     base = load_recipe(recipe_path, overrides)
     grid = dict(base.sweep.grid)
     grid.update(parse_grid_option(option) for option in grid_options)

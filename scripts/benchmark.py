@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from hfvision.cli import run_cli  # noqa: E402
 from hfvision.evaluation.environment import environment  # noqa: E402
 from hfvision.evaluation.profile import inference_latency, model_profile  # noqa: E402
-from hfvision.models.factory import build_model  # noqa: E402
+from hfvision.models.factory import build_model, resolve_input_spec  # noqa: E402
 from hfvision.recipe import load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,9 +60,9 @@ def training_throughput(model, image_size: int, batch_size: int, steps: int, dty
 
 def benchmark(name, recipe_path, overrides, batch_size, steps, device) -> dict:
     recipe = load_recipe(recipe_path, overrides)
-    built = build_model(recipe.model, recipe.data, [str(i) for i in range(10)])
+    built = build_model(recipe.model, resolve_input_spec(recipe.model, recipe.data), [str(i) for i in range(10)])
     model = built.model.to(device)
-    size = built.normalization.size
+    size = built.spec.image_size
     row = {"model": name, "recipe": str(Path(recipe_path).relative_to(REPO)), **model_profile(model, size)}
     dtypes = [None] + ([torch.bfloat16] if device.type == "cuda" else [])
     for dtype in dtypes:

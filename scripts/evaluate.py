@@ -13,7 +13,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 from accelerate import PartialState  # noqa: E402
 
 from hfvision.cli import run_cli  # noqa: E402
-from hfvision.evaluation.evaluator import evaluate_saved_model  # noqa: E402
+from hfvision.pipeline import evaluate_saved_model  # noqa: E402
 from hfvision.fileio import write_json_atomic  # noqa: E402
 
 

@@ -37,17 +37,17 @@ def main(argv):
     true_labels = None
     if args.image:
         images = [load_image(path) for path in args.image]
-        size = first.normalization.size
+        size = first.spec.image_size
         images = torch.cat([torch.nn.functional.interpolate(i.float(), size=(size, size), mode="bilinear",
                                                             antialias=True).round().clamp(0, 255).byte() for i in images])
     else:
-        split, label_names = load_eval_split(args.data, args.split, first.normalization.size)
+        split, label_names = load_eval_split(args.data, args.split, first.spec.image_size)
         indices = first_index_per_class(split.labels, len(label_names)) if args.per_class else list(range(args.count))
         if not indices or max(indices) >= len(split):
             raise HfvisionError(f"--count: the split has {len(split)} images")
         images = split.pixels[indices]
         true_labels = [label_names[int(split.labels[i])] for i in indices]
-    models = {Path(name).name or name: (b.model, b.normalization) for name, b in built.items()}
+    models = {Path(name).name or name: (b.model, b.spec) for name, b in built.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     compare_heatmaps(models, images, args.out, true_labels=true_labels, method=args.method)
     print(f"wrote {args.out}")

@@ -12,7 +12,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 from hfvision.cli import run_cli  # noqa: E402
 from hfvision.recipe import load_recipe  # noqa: E402
-from hfvision.training.run import fit  # noqa: E402
+from hfvision.pipeline import fit  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

@@ -25,7 +25,7 @@ def main(argv):
                         help="Grad-CAM without the LN rule (gradients through the norms' scale), for comparison")
     args = parser.parse_args(argv)
     built = load_model_for_inference(args.model)
-    result = synthetic_localization(built.model, built.normalization, args.method, args.count,
+    result = synthetic_localization(built.model, built.spec, args.method, args.count,
                                     constant_norm_scale=not args.plain_norm_gradients)
     print(json.dumps({"model": args.model, "norm_rule": not args.plain_norm_gradients, **result}))
 

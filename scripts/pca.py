@@ -31,7 +31,7 @@ def main(argv):
     models = {}
     for name in args.model:  # each model resizes the stored images to its own input size
         built = load_model_for_inference(name, device)
-        models[Path(name).name or name] = (built.model, built.normalization)
+        models[Path(name).name or name] = (built.model, built.spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     variances = pca_figure(models, split, label_names, args.out)
     print(json.dumps({"explained_variance_ratio": variances}, indent=2))

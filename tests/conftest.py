@@ -63,3 +63,20 @@ def tiny_pretrained_dirs(tmp_path_factory):
         ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
         dirs[name] = path
     return dirs
+
+
+def script_command(name, *args, nproc=None) -> list[str]:
+    """``python scripts/NAME args``, or the same under ``torchrun --nproc_per_node nproc`` (CPU processes, gloo)."""
+    import os
+    import sys
+
+    if nproc:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(29500 + os.getpid() % 1000), str(REPO / "scripts" / name), *map(str, args)]
+    return [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+
+
+def script_env() -> dict:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,7 +9,7 @@ from hfvision.data.sources import decode_split, find_columns, load_eval_split, l
 from hfvision.data.synthetic import CLASSES, make_images
 from hfvision.data.transforms import BatchPreprocessor, random_crop_with_padding
 from hfvision.errors import HfvisionError
-from hfvision.normalization import Normalization
+from hfvision.spec import InputSpec
 from hfvision.recipe import AugmentRecipe, DataRecipe
 
 
@@ -102,7 +102,7 @@ def test_random_crop_matches_a_per_sample_reference():
 
 
 def test_preprocessing_resizes_normalises_and_augments_only_in_training():
-    norm = Normalization(size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    norm = InputSpec(64, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
     images = torch.full((4, 3, 32, 32), 255, dtype=torch.uint8)
     prep = BatchPreprocessor(norm, AugmentRecipe(random_crop_padding=4), num_classes=6)
     x, labels = prep(images, torch.arange(4), train=False)
@@ -121,7 +121,7 @@ def test_processor_normalisation_matches_the_hf_processor():
     processor = ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3])
     images, _, _ = make_images(3)
     expected = processor(list(images), return_tensors="pt")["pixel_values"]
-    ours, _ = BatchPreprocessor(Normalization(48, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))(
+    ours, _ = BatchPreprocessor(InputSpec(48, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))(
         torch.from_numpy(images).permute(0, 3, 1, 2), torch.zeros(3), train=False)
     assert (ours - expected).abs().mean() < 0.05  # bilinear-antialias vs the processor's resample
 
@@ -138,7 +138,7 @@ def test_quickstart_runs_on_real_cifar10(tmp_path):
     from conftest import REPO
 
     from hfvision.recipe import load_recipe
-    from hfvision.training.run import fit
+    from hfvision.pipeline import fit
 
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
                          [f"data.dataset={CIFAR10}", "data.max_train_samples=2000", "data.max_eval_samples=1000",

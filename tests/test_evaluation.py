@@ -157,26 +157,11 @@ def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_
 
 
 @pytest.mark.slow
-def test_distributed_training_runs_and_reports_the_full_test_split(tmp_path):
-    out = tmp_path / "ddp"
-    script("finetune.py", REPO / "recipes" / "quickstart.yaml", f"output_dir={out}", "data.max_train_samples=200",
-           "data.max_eval_samples=101", "train.epochs=1", "train.report_to=none", "eval.latency_batch_size=8",
-           "eval.explain=false", nproc=2)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"]["num_samples"] == 101
-    single = script("evaluate.py", "--model", out, "--data", "synthetic", "--max-samples", 101,
-                    "--out", tmp_path / "check.json")
-    assert json.loads((tmp_path / "check.json").read_text())["test"]["accuracy"] == pytest.approx(
-        metrics["test"]["accuracy"])
-    assert single.stdout
-
-
-@pytest.mark.slow
 def test_report_compares_runs(tmp_path, synthetic_model_dir):
     from conftest import tiny_recipe_overrides
 
     from hfvision.recipe import load_recipe
-    from hfvision.training.run import fit
+    from hfvision.pipeline import fit
 
     runs = []
     for name, width in (("narrow", 32), ("wide", 64)):

@@ -27,11 +27,11 @@ from hfvision.data.transforms import BatchPreprocessor
 from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, synthetic_localization
 from hfvision.explain.gradcam import GradCam, TokenGrid, _norm_with_constant_scale, find_target
 from hfvision.explain.rollout import attention_rollout
-from hfvision.normalization import Normalization
+from hfvision.spec import InputSpec
 from hfvision.recipe import load_recipe
-from hfvision.training.run import fit
+from hfvision.pipeline import fit
 
-NORM = Normalization(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+NORM = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def family_models():

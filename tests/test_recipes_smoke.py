@@ -5,10 +5,10 @@ import torch
 import yaml
 from conftest import REPO, tiny_recipe_overrides
 
-from hfvision.models.factory import SCRATCH_FAMILIES
+from hfvision.models.families import BUILT_IN
 from hfvision.recipe import load_recipe
 from hfvision.sweep import expand
-from hfvision.training.run import fit
+from hfvision.pipeline import fit
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
@@ -47,7 +47,7 @@ def test_recipe_runs_two_steps(path, tmp_path, tiny_pretrained_dirs, tiny_timm_d
     extra = {"data.max_train_samples": 16, "train.batch_size": 8, "data.max_eval_samples": 16,
              "eval.explain": raw.get("eval", {}).get("explain", False)}
     name = raw["model"]["name"]
-    if name not in SCRATCH_FAMILIES:
+    if name not in BUILT_IN:
         extra.update({"model.name": local_stand_in(name, tiny_pretrained_dirs, tiny_timm_dirs), "data.image_size": None})
     metrics = fit(load_recipe(path, tiny_recipe_overrides(tmp_path / "run", **extra)))
     assert len(metrics["history"]) == 1 and metrics["test"]["num_samples"] == 16
@@ -60,7 +60,7 @@ def test_recipe_runs_two_steps(path, tmp_path, tiny_pretrained_dirs, tiny_timm_d
                          ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_sweep_run_of_a_recipe_is_valid(path):
     """Each run a study sweeps to loads as a recipe, and its scratch architecture is a valid config."""
-    from hfvision.models.factory import SCRATCH_FAMILIES as families
+    from hfvision.models.families import BUILT_IN as families
 
     base = load_recipe(path, ["data.dataset=synthetic"])
     runs = expand(base.sweep.grid, base.sweep.variants, base.sweep.name_template)

@@ -16,7 +16,7 @@ from hfvision.data.synthetic import CLASSES, make_images
 from hfvision.errors import HfvisionError
 from hfvision.hub import push_to_hub
 from hfvision.recipe import load_recipe
-from hfvision.training.run import fit
+from hfvision.pipeline import fit
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -118,7 +118,7 @@ def test_push_without_network_is_one_line_and_keeps_the_run(run_dir):
 
 @pytest.mark.slow
 def test_training_pushes_when_the_recipe_asks(tmp_path, monkeypatch):
-    import hfvision.training.run as run_module
+    import hfvision.pipeline as run_module
 
     pushed = []
     monkeypatch.setattr(run_module, "push_to_hub", lambda run, repo, private: pushed.append((run, repo, private)) or "url")

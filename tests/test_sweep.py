@@ -32,7 +32,7 @@ def test_two_by_two_sweep_makes_four_runs_one_table_and_skips_finished(tmp_path)
     overrides = TINY + [f"output_dir={tmp_path / 'sweep'}"]
     calls = []
 
-    from hfvision.training.run import fit
+    from hfvision.pipeline import fit
 
     def counting_fit(recipe):
         calls.append(recipe.output_dir)

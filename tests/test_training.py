@@ -6,11 +6,11 @@ from conftest import REPO, tiny_recipe_overrides
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
-import hfvision.training.run as run_module
+import hfvision.training.trainer as trainer_module
 from hfvision.errors import HfvisionError
 from hfvision.recipe import TrainRecipe, load_recipe
 from hfvision.training.optim import lr_multiplier, parameter_groups
-from hfvision.training.run import fit
+from hfvision.pipeline import fit
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
@@ -54,7 +54,7 @@ def test_quickstart_learns_and_writes_the_run_dir(tmp_path):
 def test_best_reloads_with_the_recorded_test_accuracy(tmp_path):
     from hfvision.data.sources import decode_splits, load_raw, split_dataset
     from hfvision.data.transforms import BatchPreprocessor
-    from hfvision.normalization import Normalization
+    from hfvision.spec import InputSpec
 
     metrics, out = run(tmp_path, **{"train.epochs": 2})
     recipe = load_recipe(out / "recipe.yaml")
@@ -62,7 +62,7 @@ def test_best_reloads_with_the_recorded_test_accuracy(tmp_path):
     data = decode_splits(splits, image_column, label_column, 32, names)
     model = AutoModelForImageClassification.from_pretrained(out / "best").eval()
     processor = json.loads((out / "best" / "preprocessor_config.json").read_text())
-    norm = Normalization(32, tuple(processor["image_mean"]), tuple(processor["image_std"]))
+    norm = InputSpec(32, tuple(processor["image_mean"]), tuple(processor["image_std"]))
     pixels, _ = BatchPreprocessor(norm)(data.test.pixels, data.test.labels, train=False)
     with torch.no_grad():
         accuracy = (model(pixels).logits.argmax(1) == data.test.labels).double().mean().item()
@@ -75,17 +75,17 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
                 "model.config.hidden_dropout_prob": 0.1}
     straight, straight_dir = run(tmp_path, "straight", **settings)
 
-    original = run_module.train_one_epoch
+    original = trainer_module.train_one_epoch
 
-    def crash_in_second_epoch(parts, epoch):
+    def crash_in_second_epoch(parts, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
-        return original(parts, epoch)
+        return original(parts, epoch, *args)
 
-    monkeypatch.setattr(run_module, "train_one_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(trainer_module, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "resumed", **settings)
-    monkeypatch.setattr(run_module, "train_one_epoch", original)
+    monkeypatch.setattr(trainer_module, "train_one_epoch", original)
     with pytest.raises(HfvisionError, match="already holds a run; pass train.resume=true"):
         run(tmp_path, "resumed", **settings)
     resumed, resumed_dir = run(tmp_path, "resumed", **settings, **{"train.resume": True})

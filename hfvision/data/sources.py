@@ -49,10 +49,6 @@ class ImageData:
     test: ImageSplit
     label_names: list[str]
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
 
 def load_raw(dataset: str) -> DatasetDict:
     """The source as a ``DatasetDict``; a failure becomes one line naming the source."""

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from hfvision.normalization import Normalization
 from hfvision.recipe import AugmentRecipe
+from hfvision.spec import InputSpec
 
 
 def random_crop_with_padding(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -39,8 +39,8 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> 
 class BatchPreprocessor:
     """Callable ``(uint8 images, labels, train) -> (normalised float images, labels or soft labels)``."""
 
-    def __init__(self, normalization: Normalization, augment: AugmentRecipe | None = None, num_classes: int = 0):
-        self.normalization = normalization
+    def __init__(self, spec: InputSpec, augment: AugmentRecipe | None = None, num_classes: int = 0):
+        self.spec = spec
         self.augment = augment or AugmentRecipe(random_crop_padding=0, horizontal_flip=False)
         self.auto_augment = {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}.get(
             self.augment.auto_augment, lambda: None)()
@@ -52,25 +52,26 @@ class BatchPreprocessor:
         self.mixer = v2.RandomChoice(mixers) if mixers else None
 
     @property
-    def mixes_labels(self) -> bool:
-        return self.mixer is not None
+    def is_random(self) -> bool:
+        """Whether training batches differ from epoch to epoch (any augmentation or mixing is on)."""
+        a = self.augment
+        return bool(a.random_crop_padding or a.horizontal_flip or self.auto_augment is not None or self.mixer)
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized and normalised."""
-        norm = self.normalization
+    def resize_and_normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized to the spec's size and normalised."""
+        size = self.spec.image_size
         x = images.float().div_(255.0)
-        if x.shape[-2:] != (norm.size, norm.size):
-            x = F.interpolate(x, size=(norm.size, norm.size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > norm.size)
-        mean = torch.tensor(norm.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-        std = torch.tensor(norm.std, device=x.device, dtype=x.dtype)[None, :, None, None]
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+        mean = torch.tensor(self.spec.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+        std = torch.tensor(self.spec.std, device=x.device, dtype=x.dtype)[None, :, None, None]
         return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, train: bool,
                  generator: torch.Generator | None = None):
         if train:
             images = self._augment(images, generator)
-        x = self.normalize(images)
+        x = self.resize_and_normalize(images)
         if train and self.mixer is not None:
             x, labels = self.mixer(x, labels)
         return x, labels
@@ -86,8 +87,8 @@ class BatchPreprocessor:
         return images
 
 
-def denormalize(pixel_values: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+def denormalize(pixel_values: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Normalised (B, 3, H, W) back to [0, 1] RGB, for overlays."""
-    mean = torch.tensor(normalization.mean, device=pixel_values.device)[None, :, None, None]
-    std = torch.tensor(normalization.std, device=pixel_values.device)[None, :, None, None]
+    mean = torch.tensor(spec.mean, device=pixel_values.device)[None, :, None, None]
+    std = torch.tensor(spec.std, device=pixel_values.device)[None, :, None, None]
     return (pixel_values * std + mean).clamp(0, 1)

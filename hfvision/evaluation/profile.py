@@ -13,12 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hfvision.models.outputs import logits_of
 from hfvision.models.tuning import count_parameters
-
-
-def _logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    out = model(pixel_values=pixel_values)
-    return out.logits if hasattr(out, "logits") else out
 
 
 @torch.no_grad()
@@ -30,7 +26,7 @@ def flops_per_image(model: nn.Module, image_size: int, num_channels: int = 3) ->
     pixel_values = torch.zeros(1, num_channels, image_size, image_size, device=device)
     counter = FlopCounterMode(display=False)
     with counter:
-        _logits(model, pixel_values)
+        logits_of(model, pixel_values)
     model.train(was_training)
     return int(counter.get_total_flops())
 
@@ -54,7 +50,7 @@ def inference_latency(model: nn.Module, image_size: int, batch_size: int, *, war
         for step in range(warmup + iterations):
             _synchronize(device)
             start = time.perf_counter()
-            _logits(model, pixel_values)
+            logits_of(model, pixel_values)
             _synchronize(device)
             if step >= warmup:
                 timings.append(time.perf_counter() - start)

@@ -15,7 +15,7 @@ from hfvision.explain.figures import plot_heatmap_grid, to_rgb
 from hfvision.explain.gradcam import GradCam
 from hfvision.explain.pca import plot_pca, pooled_features, project
 from hfvision.explain.rollout import attention_rollout
-from hfvision.normalization import Normalization
+from hfvision.spec import InputSpec
 
 METHODS = ("gradcam", "rollout")
 
@@ -32,7 +32,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-def heatmaps(model, normalization: Normalization, images: torch.Tensor, method: str = "gradcam",
+def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradcam",
              target: int | None = None,
              constant_norm_scale: bool = True) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """(heat maps (B, H, W), predicted/explained class ids, normalised pixels) for uint8 images.
@@ -40,7 +40,7 @@ def heatmaps(model, normalization: Normalization, images: torch.Tensor, method: 
     if method not in METHODS:
         raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
     device = next(model.parameters()).device
-    pixels = BatchPreprocessor(normalization).normalize(images.to(device))
+    pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
     if method == "gradcam":
         heat, classes = GradCam(model, constant_norm_scale=constant_norm_scale)(pixels, target)
     else:
@@ -58,14 +58,14 @@ def peak_in_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:
     return float(inside.mean()) if len(inside) else 0.0
 
 
-def synthetic_localization(model, normalization: Normalization, method: str = "gradcam", count: int = 200,
+def synthetic_localization(model, spec: InputSpec, method: str = "gradcam", count: int = 200,
                            constant_norm_scale: bool = True) -> dict:
     """The known-answer check on fresh synthetic images: for correctly classified ones, how often the heat map
     peaks inside the shape's bounding box."""
     from hfvision.data.synthetic import make_images
 
-    images, labels, boxes = make_images(count, normalization.size, seed=1)
-    heat, predicted, _ = heatmaps(model, normalization, torch.from_numpy(images).permute(0, 3, 1, 2), method,
+    images, labels, boxes = make_images(count, spec.image_size, seed=1)
+    heat, predicted, _ = heatmaps(model, spec, torch.from_numpy(images).permute(0, 3, 1, 2), method,
                                   constant_norm_scale=constant_norm_scale)
     correct = predicted == labels
     return {"method": method, "images": count, "accuracy": float(correct.mean()),
@@ -82,37 +82,37 @@ def first_index_per_class(labels: torch.Tensor, num_classes: int) -> list[int]:
     return [found[c] for c in sorted(found)]
 
 
-def compare_heatmaps(models: dict[str, tuple[object, Normalization]], images: torch.Tensor, path,
+def compare_heatmaps(models: dict[str, tuple[object, InputSpec]], images: torch.Tensor, path,
                      true_labels: list[str] | None = None, method: str = "gradcam") -> None:
     """Rows: models; columns: images; titles: predicted class (and the true one when known)."""
     rows, shown = {}, None
-    for name, (model, normalization) in models.items():
-        heat, classes, pixels = heatmaps(model, normalization, images, method)
+    for name, (model, spec) in models.items():
+        heat, classes, pixels = heatmaps(model, spec, images, method)
         names = [model.config.id2label[int(c)] for c in classes]
         rows[name] = (heat, [f"pred: {n}" for n in names])
         if shown is None:
-            shown = to_rgb(pixels, normalization)
+            shown = to_rgb(pixels, spec)
     titles = [f"true: {t}" for t in true_labels] if true_labels else None
     plot_heatmap_grid(shown, rows, path, column_titles=titles)
 
 
-def per_class_grid(model, normalization: Normalization, split: ImageSplit, label_names: list[str], path,
+def per_class_grid(model, spec: InputSpec, split: ImageSplit, label_names: list[str], path,
                    method: str = "gradcam", name: str = "model") -> None:
     """One image per class with its heat map: the grid a run writes when ``eval.explain`` is on."""
     indices = first_index_per_class(split.labels, len(label_names))
     images = split.pixels[indices]
-    compare_heatmaps({name: (model, normalization)}, images, path,
+    compare_heatmaps({name: (model, spec)}, images, path,
                      true_labels=[label_names[int(split.labels[i])] for i in indices], method=method)
 
 
-def pca_figure(models: dict[str, tuple[object, Normalization]], split: ImageSplit, label_names: list[str], path,
+def pca_figure(models: dict[str, tuple[object, InputSpec]], split: ImageSplit, label_names: list[str], path,
                batch_size: int = 256) -> dict[str, list[float]]:
     """PCA of pooled features per model, side by side; returns each model's explained-variance ratios."""
     panels, variances = {}, {}
-    for name, (model, normalization) in models.items():
-        preprocess = BatchPreprocessor(normalization)
+    for name, (model, spec) in models.items():
+        preprocess = BatchPreprocessor(spec)
         device = next(model.parameters()).device
-        batches = (preprocess.normalize(split.pixels[i:i + batch_size].to(device))
+        batches = (preprocess.resize_and_normalize(split.pixels[i:i + batch_size].to(device))
                    for i in range(0, len(split), batch_size))
         coords, variance = project(pooled_features(model, batches))
         panels[name] = (coords, split.labels.numpy(), variance)

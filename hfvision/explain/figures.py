@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hfvision.data.transforms import denormalize  # noqa: E402
-from hfvision.normalization import Normalization  # noqa: E402
+from hfvision.spec import InputSpec  # noqa: E402
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -19,9 +19,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return (1 - alpha) * image + alpha * coloured
 
 
-def to_rgb(pixel_values: torch.Tensor, normalization: Normalization) -> np.ndarray:
+def to_rgb(pixel_values: torch.Tensor, spec: InputSpec) -> np.ndarray:
     """Normalised (B, 3, H, W) -> (B, H, W, 3) in [0, 1]."""
-    return denormalize(pixel_values.detach().cpu(), normalization).permute(0, 2, 3, 1).numpy()
+    return denormalize(pixel_values.detach().cpu(), spec).permute(0, 2, 3, 1).numpy()
 
 
 def plot_heatmap_grid(images: np.ndarray, rows: dict[str, tuple[np.ndarray, list[str]]], path,

@@ -13,7 +13,7 @@ Grad-CAM peaked on the shape in 31-78% of images. While attributing, every Layer
 its scale held constant in the backward pass (a forward hook; forward values are unchanged), which lifted the
 same models to 76-99% (README, Explanations). ``GradCam(..., constant_norm_scale=False)`` turns it off.
 
-Target layers, per family (found by probing, since module paths differ across transformers versions):
+Target layers, per family (the registry in ``hfvision.models.families``):
 
 - ViT-like (transformers ViT/DeiT/DINOv2, ScratchViT with any pooling): the last block's pre-attention norm.
   The final norm's patch tokens get no gradient under CLS pooling; the last block's norm1 output feeds the
@@ -28,27 +28,13 @@ Target layers, per family (found by probing, since module paths differ across tr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from hfvision.models.tuning import NORM_TYPES, find_stages
-
-VIT_LIKE = ("vit", "deit", "dinov2", "dinov2_with_registers", "scratch_vit", "beit", "vit_msn", "vit_mae")
-SWIN_LIKE = ("swin", "swinv2", "donut-swin")
-
-
-class LogitsOnly(nn.Module):
-    """``pixels -> logits``: HF models return a ``ModelOutput``, Captum wants a tensor."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+from hfvision.models.families import ExplainLayer, family_of
+from hfvision.models.outputs import LogitsOnly
 
 
 class TokenGrid(nn.Module):
@@ -59,15 +45,6 @@ class TokenGrid(nn.Module):
             return hidden.permute(0, 3, 1, 2)
         batch, _, channels = hidden.shape
         return hidden.transpose(1, 2).reshape(batch, channels, *grid)  # tokens are in row-major grid order
-
-
-@dataclass
-class Target:
-    """The layer Grad-CAM reads, and how its output is laid out."""
-
-    layer: nn.Module
-    layout: str  # "tokens" (B, N, C), "nchw" (B, C, h, w) or "nhwc" (B, h, w, C)
-    prefix_tokens: int | None = None  # None: N minus the largest square that fits
 
 
 def _norm_with_constant_scale(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -92,30 +69,12 @@ def _token_norms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and len(m.normalized_shape) == 1]
 
 
-def _first_norm(module: nn.Module) -> nn.Module:
-    return next(m for m in module.modules() if isinstance(m, NORM_TYPES))
+def find_target(model: nn.Module) -> ExplainLayer:
+    """The Grad-CAM layer for ``model``'s family (the registry in ``hfvision.models.families``)."""
+    return family_of(model).explain_layer(model)
 
 
-def find_target(model: nn.Module) -> Target:
-    """The Grad-CAM layer for ``model``'s family (see the module docstring)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if model_type == "scratch_vit":
-        return Target(model.vit.blocks[-1].norm1, "tokens", model.config.num_prefix_tokens)
-    if model_type == "timm_wrapper":
-        timm_model = model.timm_model
-        if hasattr(timm_model, "blocks"):  # timm ViT family
-            return Target(timm_model.blocks[-1].norm1, "tokens", getattr(timm_model, "num_prefix_tokens", 1))
-        if hasattr(timm_model, "layers"):  # timm Swin: stages emit NHWC
-            return Target(timm_model.layers[-1], "nhwc")
-    _, stages = find_stages(model)
-    if model_type in SWIN_LIKE:
-        return Target(stages[-1], "tokens", 0)
-    if model_type in VIT_LIKE:
-        return Target(_first_norm(stages[-1]), "tokens")
-    return Target(stages[-1], "nchw")
-
-
-def named_target(model: nn.Module, layer: str, prefix_tokens: int | None = None) -> Target:
+def named_target(model: nn.Module, layer: str, prefix_tokens: int | None = None) -> ExplainLayer:
     """A user-named layer; its layout (maps or tokens) is read off one forward pass."""
     try:
         module = model.get_submodule(layer)
@@ -129,7 +88,7 @@ def named_target(model: nn.Module, layer: str, prefix_tokens: int | None = None)
         model(pixel_values=torch.zeros(1, getattr(model.config, "num_channels", 3), size, size,
                                        device=next(model.parameters()).device))
     handle.remove()
-    return Target(module, "nchw" if seen[0].dim() == 4 else "tokens", prefix_tokens)
+    return ExplainLayer(module, "nchw" if seen[0].dim() == 4 else "tokens", prefix_tokens)
 
 
 def _patch_count(num_tokens: int, prefix: int | None) -> tuple[int, int, int]:
@@ -153,7 +112,7 @@ class GradCam:
         self.target = named_target(model, layer, prefix_tokens) if layer else find_target(model)
         self.token_grid = TokenGrid()
         # A (B, C, h, w) layer is read as is; token and channels-last layers through the TokenGrid view.
-        captum_layer = self.target.layer if self.target.layout == "nchw" else self.token_grid
+        captum_layer = self.target.module if self.target.layout == "nchw" else self.token_grid
         self.grad_cam = LayerGradCam(LogitsOnly(model), captum_layer)
 
     def _route_through_grid(self, module, inputs, output):
@@ -178,7 +137,7 @@ class GradCam:
         # Norm hooks first: the target layer may itself be a norm, and its routing hook must see the new output.
         handles = [norm.register_forward_hook(_norm_with_constant_scale) for norm in self.norms]
         if self.target.layout != "nchw":
-            handles.append(self.target.layer.register_forward_hook(self._route_through_grid))
+            handles.append(self.target.module.register_forward_hook(self._route_through_grid))
         try:
             with torch.enable_grad():
                 cam = self.grad_cam.attribute(pixel_values, target=target.tolist(), relu_attributions=True)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hfvision.models.families import family_of
+
 
 @torch.no_grad()
 def attention_rollout(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -35,7 +37,7 @@ def attention_rollout(model: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     for attention in attentions:
         mixed = attention.mean(dim=1) + eye  # (B, N, N), heads averaged, residual added
         rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
-    prefix = getattr(model.config, "num_prefix_tokens", None)
+    prefix = family_of(model).prefix_tokens(model)
     if prefix is None:
         prefix = tokens - math.isqrt(tokens) ** 2
     side = math.isqrt(tokens - prefix)

@@ -1,4 +1,4 @@
-"""One factory from ``model.name`` to a classifier, its image processor and the input normalisation.
+"""One factory from ``model.name`` to a classifier and its image processor, and the run's :class:`InputSpec`.
 
 ``model.name`` is a built-in family (``scratch_vit``, ``scratch_swin``, ``resnet18_cifar``), a local
 model dir, a run dir (its ``best/`` is used), or a Hub id of any ``AutoModelForImageClassification``
@@ -19,38 +19,23 @@ from transformers import (
     AutoModelForImageClassification,
     PretrainedConfig,
     PreTrainedModel,
-    SwinConfig,
-    SwinForImageClassification,
     TimmWrapperImageProcessor,
     ViTImageProcessor,
 )
 
 import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
-from hfvision.errors import HfvisionError
-from hfvision.models.resnet_cifar import ResNetCifarConfig, ResNetCifarForImageClassification
-from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
+from hfvision.errors import HfvisionError, RecipeError
+from hfvision.models.families import BUILT_IN, BUILT_IN_MEAN, BUILT_IN_STD
 from hfvision.models.tuning import apply_tuning
-from hfvision.normalization import Normalization
 from hfvision.recipe import DataRecipe, ModelRecipe
-
-# Swin-T widths for 32x32 images: patch 2 and window 4 give a 16x16 -> 8x8 -> 4x4 token pyramid.
-SCRATCH_SWIN_DEFAULTS = dict(image_size=32, patch_size=2, window_size=4, embed_dim=96, depths=[2, 6, 2],
-                             num_heads=[3, 6, 12], drop_path_rate=0.1)
-SCRATCH_FAMILIES = {
-    "scratch_vit": (ScratchViTConfig, ScratchViTForImageClassification, {}),
-    "scratch_swin": (SwinConfig, SwinForImageClassification, SCRATCH_SWIN_DEFAULTS),
-    "resnet18_cifar": (ResNetCifarConfig, ResNetCifarForImageClassification, {}),
-}
-# Scratch models normalise with these unless the recipe says otherwise (data.mean / data.std).
-DEFAULT_MEAN = (0.5, 0.5, 0.5)
-DEFAULT_STD = (0.5, 0.5, 0.5)
+from hfvision.spec import InputSpec, input_spec
 
 
 @dataclass
 class BuiltModel:
     model: PreTrainedModel
     image_processor: object
-    normalization: Normalization
+    spec: InputSpec
 
 
 def resolve_model_path(name: str) -> str:
@@ -76,10 +61,6 @@ def _check_config_keys(config_class, overrides: dict, family: str) -> None:
             raise HfvisionError(f"unknown key 'model.config.{key}' for {family}{tail}")
 
 
-def _normalization(size: int, mean, std) -> Normalization:
-    return Normalization(size=int(size), mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
-
-
 def _edge(size) -> int | None:
     """The square edge from an int, a dict or transformers' ``SizeDict``."""
     if size is None or isinstance(size, int):
@@ -88,37 +69,60 @@ def _edge(size) -> int | None:
     return get("height") or get("shortest_edge")
 
 
-def processor_normalization(processor) -> Normalization:
+def processor_spec(processor) -> InputSpec:
     """Size, mean and std from an image processor (square inputs; the crop size when it center-crops)."""
     if hasattr(processor, "data_config"):  # transformers' timm wrapper keeps timm's data config
         config = processor.data_config
-        return _normalization(config["input_size"][-1], config["mean"], config["std"])
+        return input_spec(config["input_size"][-1], config["mean"], config["std"])
     size = _edge(processor.size)
     if getattr(processor, "do_center_crop", False) and _edge(getattr(processor, "crop_size", None)):
         size = _edge(processor.crop_size)
-    return _normalization(size, processor.image_mean, processor.image_std)
+    return input_spec(size, processor.image_mean, processor.image_std)
 
 
-def _scratch_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: list[str]) -> BuiltModel:
-    config_class, model_class, defaults = SCRATCH_FAMILIES[model_recipe.name]
-    _check_config_keys(config_class, model_recipe.config, model_recipe.name)
-    fields = {**defaults, **model_recipe.config}
-    if data.image_size is not None:
-        fields["image_size"] = data.image_size
+def _built_in_image_size(model_recipe: ModelRecipe, data: DataRecipe) -> int:
+    family = BUILT_IN[model_recipe.name]
+    configured = model_recipe.config.get("image_size", family.defaults.get("image_size"))
+    if data.image_size is not None and configured is not None and data.image_size != configured:
+        raise RecipeError(f"data.image_size: {data.image_size} differs from model.config.image_size {configured}; "
+                          f"for {model_recipe.name} they are the same thing, set one")
+    return data.image_size or configured or family.config_class().image_size
+
+
+def resolve_input_spec(model_recipe: ModelRecipe, data: DataRecipe) -> InputSpec:
+    """The run's input size, mean and std, by the precedence in ``hfvision.spec`` (a pretrained checkpoint's
+    image processor is read here; its weights are not)."""
+    if model_recipe.name in BUILT_IN:
+        return input_spec(_built_in_image_size(model_recipe, data), data.mean or BUILT_IN_MEAN, data.std or BUILT_IN_STD)
+    path = resolve_model_path(model_recipe.name)
     try:
-        config = config_class(**fields, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                              label2id={name: i for i, name in enumerate(label_names)})
+        processor = AutoImageProcessor.from_pretrained(path)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise HfvisionError(f"model.name: could not load the image processor of '{model_recipe.name}': {first}") from None
+    saved = processor_spec(processor)
+    return input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std)
+
+
+def _label_maps(label_names: list[str]) -> dict:
+    return dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)})
+
+
+def _built_in_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: list[str]) -> BuiltModel:
+    family = BUILT_IN[model_recipe.name]
+    _check_config_keys(family.config_class, model_recipe.config, model_recipe.name)
+    fields = {**family.defaults, **model_recipe.config, "image_size": spec.image_size}
+    try:
+        config = family.config_class(**fields, **_label_maps(label_names))
     except (ValueError, TypeError) as exc:
         raise HfvisionError(f"model.config: {exc}") from None
-    model = model_class(config)
-    size = getattr(config, "image_size", 32)
-    norm = _normalization(size, data.mean or DEFAULT_MEAN, data.std or DEFAULT_STD)
-    processor = ViTImageProcessor(size={"height": norm.size, "width": norm.size}, image_mean=list(norm.mean),
-                                  image_std=list(norm.std), resample=3)
-    return BuiltModel(model, processor, norm)
+    processor = ViTImageProcessor(size={"height": spec.image_size, "width": spec.image_size},
+                                  image_mean=list(spec.mean), image_std=list(spec.std), resample=3)
+    return BuiltModel(family.model_class(config), processor, spec)
 
 
-def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: list[str]) -> BuiltModel:
+def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: list[str]) -> BuiltModel:
     path = resolve_model_path(model_recipe.name)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -126,9 +130,8 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
             if not hasattr(config, key):
                 raise HfvisionError(f"unknown key 'model.config.{key}' for {config.model_type} checkpoints")
             setattr(config, key, value)
-        config.num_labels = len(label_names)
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {name: i for i, name in enumerate(label_names)}
+        for key, value in _label_maps(label_names).items():
+            setattr(config, key, value)
         model = _from_pretrained(path, config)
         processor = AutoImageProcessor.from_pretrained(path)
     except HfvisionError:
@@ -136,10 +139,7 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
     except OSError as exc:
         first = str(exc).strip().splitlines()[0]
         raise HfvisionError(f"model.name: could not load '{model_recipe.name}': {first}") from None
-    norm = processor_normalization(processor)
-    norm = _normalization(data.image_size or norm.size, data.mean or norm.mean, data.std or norm.std)
-    processor = _set_processor_normalization(processor, norm, model)
-    return BuiltModel(model, processor, norm)
+    return BuiltModel(model, _describe_input(processor, spec, model), spec)
 
 
 def _from_pretrained(path: str, config) -> PreTrainedModel:
@@ -152,26 +152,26 @@ def _from_pretrained(path: str, config) -> PreTrainedModel:
         return AutoModelForImageClassification.from_pretrained(path, **kwargs)
 
 
-def _set_processor_normalization(processor, norm: Normalization, model: PreTrainedModel):
+def _describe_input(processor, spec: InputSpec, model: PreTrainedModel):
     """Make the saved processor describe what training fed the model, so inference matches."""
     if hasattr(processor, "data_config"):  # timm: the processor is read from the model config's pretrained_cfg
-        pretrained_cfg = {**(model.config.pretrained_cfg or {}), "input_size": [3, norm.size, norm.size],
-                          "mean": list(norm.mean), "std": list(norm.std), "crop_pct": 1.0}
+        pretrained_cfg = {**(model.config.pretrained_cfg or {}), "input_size": [3, spec.image_size, spec.image_size],
+                          "mean": list(spec.mean), "std": list(spec.std), "crop_pct": 1.0}
         model.config.pretrained_cfg = pretrained_cfg
         return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=model.config.architecture)
-    processor.image_mean, processor.image_std = list(norm.mean), list(norm.std)
-    processor.size = {"height": norm.size, "width": norm.size}
+    processor.image_mean, processor.image_std = list(spec.mean), list(spec.std)
+    processor.size = {"height": spec.image_size, "width": spec.image_size}
     if getattr(processor, "do_center_crop", False):
-        processor.crop_size = {"height": norm.size, "width": norm.size}
+        processor.crop_size = {"height": spec.image_size, "width": spec.image_size}
     return processor
 
 
-def build_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: list[str]) -> BuiltModel:
-    """The classifier for ``label_names`` with the recipe's tuning strategy applied."""
-    if model_recipe.name in SCRATCH_FAMILIES:
-        built = _scratch_model(model_recipe, data, label_names)
+def build_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: list[str]) -> BuiltModel:
+    """The classifier for ``label_names`` and inputs per ``spec``, with the recipe's tuning strategy applied."""
+    if model_recipe.name in BUILT_IN:
+        built = _built_in_model(model_recipe, spec, label_names)
     else:
-        built = _pretrained_model(model_recipe, data, label_names)
+        built = _pretrained_model(model_recipe, spec, label_names)
     apply_tuning(built.model, model_recipe.tuning)
     return built
 
@@ -185,4 +185,4 @@ def load_model_for_inference(name: str, device="cpu") -> BuiltModel:
     except OSError as exc:
         first = str(exc).strip().splitlines()[0]
         raise HfvisionError(f"--model: could not load '{name}': {first}") from None
-    return BuiltModel(model, processor, processor_normalization(processor))
+    return BuiltModel(model, processor, processor_spec(processor))

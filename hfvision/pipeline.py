@@ -1,0 +1,194 @@
+"""A run, stage by stage: ``fit(recipe)`` reads as the story of one run.
+
+    check the run dir -> resolve the input -> data -> model -> train -> evaluate -> explain -> share
+
+Each stage is a function of what the ones before returned; the packages below do one job each (``data/``
+loads and decodes, ``models/`` builds, ``training/`` trains, ``evaluation/`` measures, ``explain/`` draws,
+``hub`` shares) and only this module calls them all. ``evaluate_saved_model`` is the short pipeline behind
+``scripts/evaluate.py``: resolve -> data -> model -> evaluate.
+
+Run directory (the contract in DESIGN.md): ``recipe.yaml``, ``best/`` and ``last/`` (``save_pretrained`` dirs
+with the image processor), ``checkpoint/`` (what ``train.resume=true`` continues from), ``metrics.json``,
+``curves.png``, ``confusion_matrix.png``, ``report.md``, ``gradcam_per_class.png`` (``eval.explain``), and
+``logs/`` for trackers. Everything is written by the main process; every process takes part in training and
+in the test evaluation, and trackers are closed last (``end_training`` destroys the process group).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import AutoModelForImageClassification
+
+from hfvision.accelerator import make_accelerator
+from hfvision.data.sources import ImageData, decode_splits, load_eval_split, load_raw, split_dataset
+from hfvision.data.transforms import BatchPreprocessor
+from hfvision.errors import HfvisionError
+from hfvision.evaluation.artifacts import write_run_artifacts
+from hfvision.evaluation.evaluator import evaluate
+from hfvision.explain.api import per_class_grid
+from hfvision.hub import push_to_hub, write_model_card
+from hfvision.models.factory import BuiltModel, build_model, load_model_for_inference, resolve_input_spec
+from hfvision.models.tuning import count_parameters
+from hfvision.recipe import Recipe
+from hfvision.run_dir import prepare_run_dir
+from hfvision.spec import InputSpec
+from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
+from hfvision.training.optim import build_optimizer, build_scheduler
+from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
+
+
+def fit(recipe: Recipe) -> dict:
+    """Train per the recipe, evaluate ``best/`` on the test split, explain, share. Returns the metrics."""
+    run_dir = prepare_run_dir(recipe)
+    accelerator = _make_accelerator(recipe, run_dir)
+    set_seed(recipe.seed)
+    spec = resolve_input_spec(recipe.model, recipe.data)
+    data = load_data(recipe, spec, accelerator)
+    built = build_model(recipe.model, spec, data.label_names)
+    _describe(accelerator, data, built)
+    state = train_model(recipe, accelerator, built, data, run_dir)
+    best, test = evaluate_best(recipe, accelerator, data, spec, run_dir)
+    accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state['best_epoch']})")
+    metrics = _run_metrics(test, state, data)
+    if accelerator.is_main_process:
+        metrics = write_run_artifacts(run_dir, recipe, metrics, best, spec.image_size, count_parameters(built.model)[1])
+        if recipe.eval.explain:
+            per_class_grid(best, spec, data.test, data.label_names, run_dir / "gradcam_per_class.png",
+                           name=recipe.model.name)
+        share(recipe, run_dir, accelerator)
+    accelerator.wait_for_everyone()
+    if recipe.train.report_to != "none":
+        accelerator.end_training()
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> ImageData:
+    """Splits (the main process first, so a download or cache build happens once), decoded at the spec."""
+    with accelerator.main_process_first():
+        splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
+                                                                        recipe.data, recipe.seed)
+    return decode_splits(splits, image_column, label_column, spec.decode_size, label_names)
+
+
+def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData, run_dir: Path) -> dict:
+    """Prepare optimiser, schedule, loaders and EMA; restore ``checkpoint/`` on resume; train. Returns the state."""
+    train_recipe = recipe.train
+    preprocessor = BatchPreprocessor(built.spec, recipe.data.augment, num_classes=len(data.label_names))
+    train_loader = data.train.loader(train_recipe.batch_size, shuffle=True)
+    val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
+    optimizer = build_optimizer(built.model, train_recipe)
+    scheduler = build_scheduler(optimizer, train_recipe,
+                                steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        built.model, optimizer, train_loader, val_loader, scheduler)
+    ema = None
+    if train_recipe.ema_decay is not None:
+        ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
+                          recipe.seed, ema)
+    state = _initial_state(accelerator, run_dir, train_recipe.resume)
+    if accelerator.is_main_process:
+        recipe.save(run_dir / "recipe.yaml")
+    if train_recipe.report_to != "none":
+        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
+
+    def validate(kept_model):
+        return evaluate(kept_model, val_loader, preprocessor, accelerator, data.label_names)
+
+    return train(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
+
+
+def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path):
+    """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns
+    (the unwrapped model, the test metrics block)."""
+    best = accelerator.prepare_model(AutoModelForImageClassification.from_pretrained(run_dir / "best"),
+                                     evaluation_mode=True)
+    test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
+    test = evaluate(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
+    return accelerator.unwrap_model(best), test
+
+
+def share(recipe: Recipe, run_dir: Path, accelerator: Accelerator) -> None:
+    """The model card in ``best/``; a push to the Hub when the recipe asks (main process only)."""
+    write_model_card(run_dir)
+    if recipe.hub.push:
+        url = push_to_hub(run_dir, recipe.hub.repo_id, private=recipe.hub.private)
+        accelerator.print(f"pushed best/ to {url}")
+
+
+def evaluate_saved_model(model_name: str, dataset: str, split: str = "test", batch_size: int = 256,
+                         max_samples: int | None = None) -> dict:
+    """The ``test``-style metrics block of a saved model dir, run dir or Hub id on one split of ``dataset``."""
+    accelerator = make_accelerator()
+    built = load_model_for_inference(model_name)
+    with accelerator.main_process_first():
+        split_data, label_names = load_eval_split(dataset, split, built.spec.decode_size, max_samples)
+    model_labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
+    if model_labels != label_names:
+        raise HfvisionError(f"--data: the model's labels ({', '.join(model_labels[:5])}, ...) differ from "
+                            f"the dataset's ({', '.join(label_names[:5])}, ...)")
+    model, loader = accelerator.prepare(built.model, split_data.loader(batch_size, shuffle=False))
+    accelerator.print(f"evaluating {len(split_data)} images on {accelerator.num_processes} process(es)")
+    return evaluate(model, loader, BatchPreprocessor(built.spec), accelerator, label_names)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    train = recipe.train
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise HfvisionError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    return make_accelerator(
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        log_with=None if train.report_to == "none" else train.report_to,
+        project_dir=str(run_dir / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
+    )
+
+
+def _describe(accelerator: Accelerator, data: ImageData, built: BuiltModel) -> None:
+    total, trainable = count_parameters(built.model)
+    accelerator.print(f"data: {len(data.train)} train / {len(data.validation)} val / {len(data.test)} test images, "
+                      f"{len(data.label_names)} classes; model: {total:,} parameters, {trainable:,} trainable; "
+                      f"input {built.spec.image_size}px")
+
+
+def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+    """A fresh trainer state, or the one in ``checkpoint/`` (with every prepared object's state) on resume."""
+    if resume and (run_dir / "checkpoint").exists():
+        state = load_checkpoint(accelerator, run_dir)
+        where = f"epoch {state['epoch'] + 1}, batch {state['batch']}" if state["batch"] else f"epoch {state['epoch']}"
+        accelerator.print(f"resumed from {run_dir / 'checkpoint'} ({'in' if state['batch'] else 'after'} {where})")
+        return state
+    if resume:
+        accelerator.print(f"train.resume: no checkpoint in {run_dir}; starting from scratch")
+    return fresh_trainer_state()
+
+
+def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
+    return {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
+            "history": state["history"], "stopped_early": state["stopped_early"],
+            "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}
+
+
+def _flat_hparams(recipe: Recipe) -> dict:
+    flat = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            elif isinstance(value, (int, float, str, bool)):
+                flat[prefix + key] = value
+    walk("", recipe.to_dict())
+    return flat

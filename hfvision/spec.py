@@ -1,0 +1,37 @@
+"""What the model is fed, decided once per run: :class:`InputSpec`.
+
+Precedence, written down once (``resolve_input_spec`` in ``hfvision.models.factory`` applies it):
+
+1. ``data.image_size`` / ``data.mean`` / ``data.std`` when the recipe sets them;
+2. else, for a pretrained checkpoint, its image processor (the crop size when it center-crops);
+   for a built-in family, ``model.config.image_size`` (or the family's default) and mean = std = 0.5;
+3. for a built-in family, ``data.image_size`` *is* the architecture's input size: setting it and a different
+   ``model.config.image_size`` is an error, not a silent override.
+
+Data decodes at it, the batch preprocessor resizes and normalises to it, the model is built for it, and the
+saved image processor describes it; nothing downstream re-decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Square input ``image_size``, per-channel ``mean``/``std`` on [0, 1] pixels, and ``decode_size``: the edge
+    that images of a source with mixed sizes are decoded to (a source whose images share one size keeps it, and
+    each batch is resized to ``image_size`` on the device)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def decode_size(self) -> int:
+        return self.image_size
+
+
+def input_spec(image_size, mean, std) -> InputSpec:
+    """An :class:`InputSpec` from loosely typed values (config ints, processor lists)."""
+    return InputSpec(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std))

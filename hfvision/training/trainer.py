@@ -1,0 +1,245 @@
+"""The Accelerate training loop: ``train`` runs epochs of ``train_one_epoch``, validates through a callback,
+keeps ``best/``/``last/`` and writes checkpoints. It only trains: data, models, evaluation and sharing are the
+pipeline's (``hfvision.pipeline``).
+
+The same code runs on one CPU, one GPU, or many processes under ``accelerate launch``/``torchrun``.
+
+Exact resume, at any optimiser step. Every batch draws its randomness (augmentation, mixup, dropout, drop path)
+from seeds that are a pure function of (seed, epoch, batch, process), and the sampler's order from (seed, epoch);
+so a run restored from ``checkpoint/`` (weights, optimiser, scheduler, EMA, Accelerate's accumulation counter,
+the epoch's running totals) and fast-forwarded past the batches it had done (``skip_first_batches``) continues
+as if it had not stopped. Checkpoints are written at optimiser-step boundaries only, so no half-accumulated
+gradient is ever lost. SIGTERM (a scheduler's preemption) and SIGUSR1 (SLURM's warning before a time limit)
+finish the current step, write a checkpoint and end the run with one line (``RunInterrupted``).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hfvision.data.transforms import BatchPreprocessor
+from hfvision.models.outputs import logits_of
+from hfvision.models.tuning import set_train_mode
+from hfvision.recipe import TrainRecipe
+from hfvision.training.checkpoint import save_checkpoint, save_model_dir
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """Exponential moving average of weights and buffers (BatchNorm statistics too): after each optimiser step,
+    ``ema = decay * ema + (1 - decay) * weights``."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def steps_per_epoch(num_batches: int, accumulation: int) -> int:
+    """Optimiser steps per epoch, counted on the global (unsharded) loader as Accelerate's scheduler expects."""
+    return max(math.ceil(num_batches / accumulation), 1)
+
+
+def batch_seed(seed: int, epoch: int, batch: int, process: int) -> int:
+    """The seed of one batch's randomness on one process (see the module docstring)."""
+    return (((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + process) % (2 ** 63)
+
+
+@dataclass
+class TrainingParts:
+    """What the loop works on, after ``accelerator.prepare``. ``forward`` maps (model, inputs) to logits."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: DataLoader
+    preprocessor: BatchPreprocessor | None  # None: the loader yields model inputs as they are
+    train: TrainRecipe
+    seed: int
+    ema: AveragedModel | None = None
+    forward: Callable = logits_of
+
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA's when ``train.ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+class StopSignals:
+    """While active, SIGTERM/SIGUSR1 set ``requested`` (the loop stops after the current step) instead of killing."""
+
+    def __init__(self):
+        self.requested: signal.Signals | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the default behaviour
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class StepCheckpoints:
+    """Decides, after each optimiser step, whether to write a checkpoint (every N steps, every M minutes, or on a
+    stop signal). Processes agree on time- and signal-triggered stops with one small all-reduce every
+    ``agree_every`` steps, so they all checkpoint at the same step."""
+
+    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals):
+        self.parts, self.run_dir, self.state, self.signals = parts, run_dir, state, signals
+        train = parts.train
+        self.every_steps = train.checkpoint_every_steps
+        self.every_seconds = train.checkpoint_every_minutes * 60 if train.checkpoint_every_minutes else None
+        self.agree_every = 1 if parts.accelerator.num_processes == 1 else 10
+        self.last_write = time.monotonic()
+
+    def _agreed(self, flags: list[bool]) -> list[bool]:
+        accelerator = self.parts.accelerator
+        if accelerator.num_processes == 1:
+            return flags
+        tensor = torch.tensor([float(f) for f in flags], device=accelerator.device)
+        return [bool(v) for v in accelerator.reduce(tensor, reduction="sum").tolist()]
+
+    def stop_requested(self) -> bool:
+        return self._agreed([self.signals.requested is not None])[0]
+
+    def after_step(self, epoch: int, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
+        step = self.state["global_step"]
+        by_steps = self.every_steps is not None and step % self.every_steps == 0
+        if not by_steps and step % self.agree_every:
+            return
+        timed = self.every_seconds is not None and time.monotonic() - self.last_write >= self.every_seconds
+        timed, stop = self._agreed([timed, self.signals.requested is not None])
+        if not (by_steps or timed or stop):
+            return
+        summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
+        self.state.update(epoch=epoch, batch=batches_done,
+                          partial_epoch={"totals": summed, "seconds": seconds})
+        save_checkpoint(self.parts.accelerator, self.run_dir, self.state)
+        self.last_write = time.monotonic()
+        if stop:
+            raise self.interrupted(f"epoch {epoch + 1}, step {batches_done}")
+
+    def interrupted(self, where: str) -> RunInterrupted:
+        name = self.signals.requested.name if self.signals.requested is not None else "a signal on another process"
+        code = 128 + int(self.signals.requested or signal.SIGTERM)
+        return RunInterrupted(f"stopped by {name} at {where}: checkpoint written to {self.run_dir / 'checkpoint'}; "
+                              f"rerun the same command with train.resume=true to continue exactly", code)
+
+
+def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: StepCheckpoints) -> dict:
+    """One pass over the train loader from ``state['batch']`` (non-zero when resuming mid-epoch)."""
+    accelerator, model, train = parts.accelerator, parts.model, parts.train
+    parts.train_loader.set_epoch(epoch)
+    start_batch = state["batch"]
+    loader = accelerator.skip_first_batches(parts.train_loader, start_batch) if start_batch else parts.train_loader
+    totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, seen
+    seconds_before = 0.0
+    if state["partial_epoch"] is not None and accelerator.is_main_process:  # the totals were summed over processes
+        totals += torch.tensor(state["partial_epoch"]["totals"], device=accelerator.device)
+    if state["partial_epoch"] is not None:
+        seconds_before = state["partial_epoch"]["seconds"]
+    generator = torch.Generator()
+    set_train_mode(model)
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
+                    initial=start_batch, total=len(parts.train_loader), disable=not accelerator.is_local_main_process)
+    for batch, (inputs, labels) in enumerate(progress, start=start_batch):
+        seed = batch_seed(parts.seed, epoch, batch, accelerator.process_index)
+        generator.manual_seed(seed)
+        torch.manual_seed(seed + 1)  # dropout, drop path, mixup/cutmix and RandAugment draw from the global RNG
+        targets = labels
+        if parts.preprocessor is not None:
+            inputs, targets = parts.preprocessor(inputs, labels, train=True, generator=generator)
+        with accelerator.accumulate(model):
+            logits = parts.forward(model, inputs)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and train.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+            parts.optimizer.step()
+            parts.scheduler.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+        hard_targets = targets.argmax(dim=1) if targets.dim() == 2 else targets
+        correct = (logits.argmax(dim=1) == hard_targets).sum()
+        totals += torch.stack([loss.detach().float() * labels.shape[0], correct.float(),
+                               totals.new_tensor(labels.shape[0])])
+        if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
+                                 lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        if accelerator.sync_gradients:
+            if parts.ema is not None:
+                parts.ema.update_parameters(accelerator.unwrap_model(model))
+            state["global_step"] += 1
+            checkpoints.after_step(epoch, batch + 1, totals, seconds_before + time.perf_counter() - start)
+    summed = accelerator.reduce(totals, reduction="sum")
+    seconds = seconds_before + time.perf_counter() - start
+    return {"train_loss": (summed[0] / summed[2]).item(), "train_accuracy": (summed[1] / summed[2]).item(),
+            "learning_rate": parts.scheduler.get_last_lr()[0], "epoch_seconds": seconds,
+            "train_images_per_second": summed[2].item() / seconds}
+
+
+def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Module], dict], image_processor,
+          run_dir: Path) -> dict:
+    """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
+    checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
+    accelerator, recipe = parts.accelerator, parts.train
+    with StopSignals() as signals:
+        checkpoints = StepCheckpoints(parts, run_dir, state, signals)
+        for epoch in range(state["epoch"], recipe.epochs):
+            if state["stopped_early"]:
+                break
+            record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch, state, checkpoints)}
+            val = validate(parts.kept_model())
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            state["history"].append(record)
+            accelerator.print(f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f} "
+                              f"acc {record['train_accuracy']:.4f} | val loss {val['loss']:.4f} "
+                              f"acc {val['accuracy']:.4f} | {record['epoch_seconds']:.1f}s")
+            if recipe.report_to != "none":
+                accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            _keep_model_dirs(parts, state, val["accuracy"], epoch, image_processor, run_dir)
+            patience = recipe.early_stopping_patience
+            if patience is not None and state["epochs_without_improvement"] >= patience:
+                state["stopped_early"] = True
+                accelerator.print(f"early stopping: no better val accuracy for {patience} epochs")
+            state.update(epoch=epoch + 1, batch=0, partial_epoch=None)
+            save_checkpoint(accelerator, run_dir, state)
+            if checkpoints.stop_requested():
+                raise checkpoints.interrupted(f"the end of epoch {epoch + 1}")
+    return state
+
+
+def _keep_model_dirs(parts: TrainingParts, state: dict, val_accuracy: float, epoch: int, image_processor,
+                     run_dir: Path) -> None:
+    if val_accuracy > state["best_val_accuracy"]:
+        state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1, epochs_without_improvement=0)
+        save_model_dir(parts.accelerator, parts.kept_model(), image_processor, run_dir / "best")
+    else:
+        state["epochs_without_improvement"] += 1
+    save_model_dir(parts.accelerator, parts.kept_model(), image_processor, run_dir / "last")
