@@ -16,8 +16,8 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from hfvision.errors import HfvisionError
+from hfvision.models.families import BUILT_IN, ships_code
 
-SCRATCH_FAMILIES = ("scratch_vit", "scratch_swin", "resnet18_cifar")
 CARD_FIGURES = ("curves.png", "confusion_matrix.png", "gradcam_per_class.png")
 
 
@@ -43,7 +43,7 @@ def build_model_card(recipe: dict, metrics: dict, repo_id: str | None = None) ->
         library_name="transformers", pipeline_tag="image-classification", license="apache-2.0",
         tags=["hfvision", "image-classification", metrics["model"]["model_type"]],
         datasets=[dataset_id] if dataset_id else None, metrics=["accuracy", "f1"],
-        base_model=None if model["name"] in SCRATCH_FAMILIES else model["name"],
+        base_model=None if model["name"] in BUILT_IN else model["name"],
         model_name=repo_id or f"{model['name']}-{dataset_name}", eval_results=results)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + _card_body(recipe, metrics, repo_id))
 
@@ -51,7 +51,7 @@ def build_model_card(recipe: dict, metrics: dict, repo_id: str | None = None) ->
 def _card_body(recipe: dict, metrics: dict, repo_id: str | None) -> str:
     model, data, test = recipe["model"], recipe["data"], metrics["test"]
     profile, timing = metrics["model"], metrics["timing"]
-    trust = "trust_remote_code=True" if profile["model_type"] in ("scratch_vit", "resnet_cifar") else ""
+    trust = "trust_remote_code=True" if ships_code(profile["model_type"]) else ""
     name = repo_id or "path/to/this/dir"
     pipeline_args = f'"image-classification", model="{name}"' + (f", {trust}" if trust else "")
     lines = [
