@@ -1,0 +1,64 @@
+"""The import rules of ARCHITECTURE.md, checked on the source: one direction, nothing imports upward."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hfvision"
+
+# Layer of each top-level part; a module may import only parts of a lower layer, or its own part.
+LAYERS = {
+    "errors": 0,
+    "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1,
+    "data": 2, "models": 2,
+    "training": 3, "evaluation": 3,
+    "explain": 4, "hub": 4, "run_dir": 4,
+    "pipeline": 5, "sweep": 6, "cli": 7,
+}
+
+
+def part_of(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def imports_of(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hfvision."):
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names if alias.name.startswith("hfvision."))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_part_has_a_layer():
+    parts = {p.stem for p in PACKAGE.iterdir() if (p.suffix == ".py" or p.is_dir()) and not p.name.startswith("_")}
+    assert parts - {"__pycache__"} <= set(LAYERS), parts - set(LAYERS)
+
+
+def test_imports_go_down_the_layers_only():
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = part_of(module_name(path))
+        if not here:
+            continue
+        for imported in imports_of(path):
+            there = part_of(imported)
+            if there != here and LAYERS[there] >= LAYERS[here]:
+                broken.append(f"{module_name(path)} imports {imported}")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_named_rules_hold():
+    """The rules ARCHITECTURE.md states by name: data and models are independent, training trains."""
+    forbidden = {"data": ("models", "training", "evaluation", "explain", "hub", "pipeline"),
+                 "models": ("data", "training", "evaluation", "explain", "hub", "pipeline"),
+                 "training": ("evaluation", "explain", "hub", "pipeline"),
+                 "evaluation": ("training", "explain", "hub", "pipeline")}
+    for part, banned in forbidden.items():
+        for path in (PACKAGE / part).rglob("*.py"):
+            for imported in imports_of(path):
+                assert part_of(imported) not in banned, f"{module_name(path)} imports {imported}"
