@@ -37,7 +37,7 @@ from hfvision.recipe import Recipe
 from hfvision.run_dir import prepare_run_dir
 from hfvision.spec import InputSpec
 from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
-from hfvision.training.optim import build_optimizer, build_scheduler
+from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler
 from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
 
 
@@ -84,8 +84,9 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
     train_loader = data.train.loader(train_recipe.batch_size, shuffle=True)
     val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
     optimizer = build_optimizer(built.model, train_recipe)
-    scheduler = build_scheduler(optimizer, train_recipe,
-                                steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps))
+    epoch_steps = steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps)
+    schedule_length = ScheduleLength(train_recipe.epochs * epoch_steps)
+    scheduler = build_scheduler(optimizer, train_recipe, epoch_steps, schedule_length)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         built.model, optimizer, train_loader, val_loader, scheduler)
     ema = None
@@ -93,8 +94,10 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
         ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
         accelerator.register_for_checkpointing(ema)
     parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
-                          recipe.seed, ema)
+                          recipe.seed, ema, schedule_length)
     state = _initial_state(accelerator, run_dir, train_recipe.resume)
+    if train_recipe.time_budget_minutes and state.get("schedule_steps"):  # the estimate made before the stop
+        schedule_length.total_steps = state["schedule_steps"]
     if accelerator.is_main_process:
         recipe.save(run_dir / "recipe.yaml")
     if train_recipe.report_to != "none":
@@ -178,6 +181,9 @@ def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dic
 def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
     return {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
             "history": state["history"], "stopped_early": state["stopped_early"],
+            "training": {"images_seen": state["images_seen"], "optimizer_steps": state["global_step"],
+                         "epochs": len(state["history"]), "seconds": state["elapsed_seconds"],
+                         "time_budget_spent": state["budget_spent"]},
             "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}
 
 

@@ -83,6 +83,9 @@ class TrainRecipe:
     # Checkpoints inside an epoch (besides every epoch end), for exact resume after a kill or preemption.
     checkpoint_every_steps: Optional[int] = None  # optimiser steps
     checkpoint_every_minutes: Optional[float] = None
+    # Train for this many minutes of wall-clock (validation included): the LR schedule is sized to the steps that
+    # fit, training stops when it is spent, then best/ is evaluated; train.epochs is the upper bound.
+    time_budget_minutes: Optional[float] = None
     report_to: str = "tensorboard"
 
 
@@ -303,6 +306,8 @@ def validate(recipe: Recipe) -> None:
              f"train.checkpoint_every_steps: expected a positive integer or null, got {t.checkpoint_every_steps}")
     _require(t.checkpoint_every_minutes is None or t.checkpoint_every_minutes > 0,
              f"train.checkpoint_every_minutes: expected a positive number or null, got {t.checkpoint_every_minutes}")
+    _require(t.time_budget_minutes is None or t.time_budget_minutes > 0,
+             f"train.time_budget_minutes: expected a positive number or null, got {t.time_budget_minutes}")
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")

@@ -175,6 +175,8 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir):
     assert text.count("\n") == 4 and "| narrow | scratch_vit | full |" in text
     assert (tmp_path / "cmp" / "table.csv").read_text().splitlines()[0].startswith("run,model,tuning,parameters")
     assert (tmp_path / "cmp" / "table_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "cmp" / "table_accuracy_vs_time.png").stat().st_size > 10_000
+    assert rows[0]["epochs"] == 1 and rows[0]["train_minutes"] > 0 and rows[0]["train_pflops"] > 0
     result = script("report.py", *runs, "--out", tmp_path / "cli.md")
     assert "| wide |" in result.stdout
 

@@ -27,6 +27,7 @@ def write_run_artifacts(run_dir: Path, recipe, metrics: dict, model, image_size:
     profile = model_profile(model, image_size)
     profile.update(name=recipe.model.name, tuning=recipe.model.tuning, model_type=model.config.model_type,
                    trainable_parameters=trainable)
+    _add_training_flops(metrics, profile["flops_per_image"])
     metrics = {**metrics, "model": profile,
                "timing": _timing(model, image_size, metrics["history"], recipe.eval.latency_batch_size),
                "environment": environment(), "seed": recipe.seed}
@@ -37,6 +38,21 @@ def write_run_artifacts(run_dir: Path, recipe, metrics: dict, model, image_size:
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], label_names, run_dir / "confusion_matrix.png")
     (run_dir / "report.md").write_text(render_report(recipe, metrics))
     return metrics
+
+
+# One training image costs about three forward passes (forward, and a backward of twice the forward's cost), the
+# usual estimate (Kaplan et al. 2020); it overstates frozen-backbone tuning, whose backward stops at the head.
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def _add_training_flops(metrics: dict, flops_per_image: int) -> None:
+    """Training FLOPs so far after each epoch (``history[i]['train_flops']``) and in all (``training``)."""
+    per_image = TRAIN_FLOPS_PER_FORWARD * flops_per_image
+    for record in metrics["history"]:
+        if "images_seen" in record:
+            record["train_flops"] = per_image * record["images_seen"]
+    if "training" in metrics:
+        metrics["training"]["train_flops"] = per_image * metrics["training"]["images_seen"]
 
 
 def _fmt_int(value) -> str:

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 from hfvision.errors import HfvisionError
-from hfvision.evaluation.plots import plot_curves
+from hfvision.evaluation.plots import plot_accuracy_vs_compute, plot_curves
 
 COLUMNS = ("run", "model", "tuning", "parameters", "trainable_parameters", "flops_per_image", "epoch_seconds",
-           "inference_ms_per_batch", "train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1", "best_epoch")
+           "inference_ms_per_batch", "train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1", "best_epoch",
+           "epochs", "train_minutes", "train_pflops")
 
 
 def run_row(run_dir: Path) -> dict:
@@ -29,7 +30,14 @@ def run_row(run_dir: Path) -> dict:
         "train_accuracy": best.get("train_accuracy"), "val_accuracy": best.get("val_accuracy"),
         "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
         "best_epoch": metrics.get("best_epoch"), "history": history,
+        "epochs": len(history), "train_minutes": _training(metrics, "seconds", 1 / 60),
+        "train_pflops": _training(metrics, "train_flops", 1e-15),
     }
+
+
+def _training(metrics: dict, key: str, scale: float) -> float | None:
+    value = metrics.get("training", {}).get(key)
+    return value * scale if value is not None else None
 
 
 def _cell(value) -> str:
@@ -61,4 +69,8 @@ def write_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
     histories = {row["run"]: row["history"] for row in rows if row["history"]}
     if histories:
         plot_curves(histories, out.with_name(out.stem + "_curves.png"))
+    timed = {row["run"]: {"history": row["history"], "test_accuracy": row["test_accuracy"]} for row in rows
+             if row["history"] and all("elapsed_seconds" in h for h in row["history"])}
+    if timed:
+        plot_accuracy_vs_compute(timed, out.with_name(out.stem + "_accuracy_vs_time.png"))
     return rows

@@ -30,6 +30,31 @@ def plot_curves(histories: dict[str, list[dict]], path) -> None:
     plt.close(fig)
 
 
+def plot_accuracy_vs_compute(runs: dict[str, dict], path) -> None:
+    """Validation accuracy against training minutes (left) and training PFLOPs (right), one line per run, with
+    the test accuracy of the kept model as a star at the run's end. ``runs[name] = {"history": [...],
+    "test_accuracy": float}``; history records need ``elapsed_seconds`` (and ``train_flops`` for the right)."""
+    fig, (time_ax, flops_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (name, run) in enumerate(runs.items()):
+        history, colour = run["history"], f"C{index}"
+        accuracy = [h["val_accuracy"] for h in history]
+        minutes = [h["elapsed_seconds"] / 60 for h in history]
+        time_ax.plot(minutes, accuracy, "-o", color=colour, ms=3, label=name)
+        time_ax.plot(minutes[-1:], [run["test_accuracy"]], "*", color=colour, ms=11)
+        if all("train_flops" in h for h in history):
+            pflops = [h["train_flops"] / 1e15 for h in history]
+            flops_ax.plot(pflops, accuracy, "-o", color=colour, ms=3, label=name)
+            flops_ax.plot(pflops[-1:], [run["test_accuracy"]], "*", color=colour, ms=11)
+    for ax, label in ((time_ax, "training wall-clock, minutes"), (flops_ax, "training PFLOPs (3 x forward)")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy (star: test accuracy)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_confusion_matrix(matrix, label_names: list[str], path) -> None:
     """Counts on the left, rows normalised to recall on the right, class names on both axes."""
     counts = np.asarray(matrix)

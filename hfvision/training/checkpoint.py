@@ -20,8 +20,9 @@ TRAINER_STATE = "trainer_state.json"
 
 
 def fresh_trainer_state() -> dict:
-    return {"epoch": 0, "batch": 0, "global_step": 0, "partial_epoch": None, "history": [],
-            "best_val_accuracy": -1.0, "best_epoch": None, "epochs_without_improvement": 0, "stopped_early": False}
+    return {"epoch": 0, "batch": 0, "global_step": 0, "partial_epoch": None, "history": [], "images_seen": 0,
+            "elapsed_seconds": 0.0, "best_val_accuracy": -1.0, "best_epoch": None, "epochs_without_improvement": 0,
+            "stopped_early": False, "budget_spent": False}
 
 
 def read_trainer_state(checkpoint_dir: str | Path) -> dict | None:

@@ -35,10 +35,19 @@ def build_optimizer(model: nn.Module, train: TrainRecipe) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=train.learning_rate, momentum=train.momentum, nesterov=train.momentum > 0)
 
 
-def lr_multiplier(step: int, *, train: TrainRecipe, steps_per_epoch: int) -> float:
-    """Factor on the base learning rate after ``step`` optimiser steps."""
+class ScheduleLength:
+    """How many optimiser steps the schedule spans: ``epochs x steps per epoch``, or under
+    ``train.time_budget_minutes`` the trainer's running estimate of the steps that fit in the budget
+    (``hfvision.training.trainer.TimeBudget`` updates ``total_steps``)."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = max(int(total_steps), 1)
+
+
+def lr_multiplier(step: int, *, train: TrainRecipe, steps_per_epoch: int, total_steps: int | None = None) -> float:
+    """Factor on the base learning rate after ``step`` optimiser steps of a schedule ``total_steps`` long."""
     warmup = round(train.warmup_epochs * steps_per_epoch)
-    total = max(train.epochs * steps_per_epoch, 1)
+    total = total_steps or max(train.epochs * steps_per_epoch, 1)
     if step < warmup:
         return (step + 1) / warmup
     if train.scheduler == "cosine":
@@ -49,5 +58,8 @@ def lr_multiplier(step: int, *, train: TrainRecipe, steps_per_epoch: int) -> flo
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainRecipe, steps_per_epoch: int) -> LambdaLR:
-    return LambdaLR(optimizer, lambda step: lr_multiplier(step, train=train, steps_per_epoch=steps_per_epoch))
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainRecipe, steps_per_epoch: int,
+                    length: ScheduleLength | None = None) -> LambdaLR:
+    length = length or ScheduleLength(train.epochs * steps_per_epoch)
+    return LambdaLR(optimizer, lambda step: lr_multiplier(step, train=train, steps_per_epoch=steps_per_epoch,
+                                                          total_steps=length.total_steps))

@@ -34,6 +34,7 @@ from hfvision.models.outputs import logits_of
 from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import TrainRecipe
 from hfvision.training.checkpoint import save_checkpoint, save_model_dir
+from hfvision.training.optim import ScheduleLength
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -75,6 +76,7 @@ class TrainingParts:
     train: TrainRecipe
     seed: int
     ema: AveragedModel | None = None
+    schedule_length: ScheduleLength | None = None  # resized under train.time_budget_minutes
     forward: Callable = logits_of
 
     def kept_model(self) -> torch.nn.Module:
@@ -105,13 +107,42 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+class TimeBudget:
+    """``train.time_budget_minutes``: a wall-clock budget for training and validation together. After
+    ``CALIBRATION_STEPS`` optimiser steps and at every epoch end, the schedule is resized to the steps that fit
+    at the rate measured so far; the loop stops at a step boundary once the budget is spent. The clock
+    continues across a resume (``state['elapsed_seconds']``)."""
+
+    CALIBRATION_STEPS = 20
+
+    def __init__(self, minutes: float | None, state: dict, length: ScheduleLength | None):
+        self.seconds = minutes * 60 if minutes else None
+        self.length = length
+        self.start = time.monotonic() - state.get("elapsed_seconds", 0.0)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def spent(self) -> bool:
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+    def total_steps(self) -> int | None:
+        return self.length.total_steps if self.length is not None else None
+
+    def resize(self, steps_done: int) -> None:
+        if self.seconds is None or self.length is None or steps_done == 0:
+            return
+        seconds_per_step = self.elapsed() / steps_done
+        self.length.total_steps = max(steps_done + 1, round(self.seconds / seconds_per_step))
+
+
 class StepCheckpoints:
     """Decides, after each optimiser step, whether to write a checkpoint (every N steps, every M minutes, or on a
     stop signal). Processes agree on time- and signal-triggered stops with one small all-reduce every
     ``agree_every`` steps, so they all checkpoint at the same step."""
 
-    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals):
-        self.parts, self.run_dir, self.state, self.signals = parts, run_dir, state, signals
+    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals, budget: TimeBudget):
+        self.parts, self.run_dir, self.state, self.signals, self.budget = parts, run_dir, state, signals, budget
         train = parts.train
         self.every_steps = train.checkpoint_every_steps
         self.every_seconds = train.checkpoint_every_minutes * 60 if train.checkpoint_every_minutes else None
@@ -128,22 +159,26 @@ class StepCheckpoints:
     def stop_requested(self) -> bool:
         return self._agreed([self.signals.requested is not None])[0]
 
-    def after_step(self, epoch: int, batches_done: int, totals: torch.Tensor, seconds: float) -> None:
+    def after_step(self, epoch: int, batches_done: int, totals: torch.Tensor, seconds: float) -> bool:
+        """Checkpoint when due; raise ``RunInterrupted`` on a stop signal; return True when the time budget is
+        spent (the epoch ends here)."""
         step = self.state["global_step"]
+        if step == TimeBudget.CALIBRATION_STEPS:
+            self.budget.resize(step)
         by_steps = self.every_steps is not None and step % self.every_steps == 0
         if not by_steps and step % self.agree_every:
-            return
+            return False
         timed = self.every_seconds is not None and time.monotonic() - self.last_write >= self.every_seconds
-        timed, stop = self._agreed([timed, self.signals.requested is not None])
-        if not (by_steps or timed or stop):
-            return
-        summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
-        self.state.update(epoch=epoch, batch=batches_done,
-                          partial_epoch={"totals": summed, "seconds": seconds})
-        save_checkpoint(self.parts.accelerator, self.run_dir, self.state)
-        self.last_write = time.monotonic()
+        timed, stop, spent = self._agreed([timed, self.signals.requested is not None, self.budget.spent()])
+        if by_steps or timed or stop:
+            summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
+            self.state.update(epoch=epoch, batch=batches_done, elapsed_seconds=self.budget.elapsed(),
+                              schedule_steps=self.budget.total_steps(), partial_epoch={"totals": summed, "seconds": seconds})
+            save_checkpoint(self.parts.accelerator, self.run_dir, self.state)
+            self.last_write = time.monotonic()
         if stop:
             raise self.interrupted(f"epoch {epoch + 1}, step {batches_done}")
+        return spent
 
     def interrupted(self, where: str) -> RunInterrupted:
         name = self.signals.requested.name if self.signals.requested is not None else "a signal on another process"
@@ -196,8 +231,11 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
             if parts.ema is not None:
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
             state["global_step"] += 1
-            checkpoints.after_step(epoch, batch + 1, totals, seconds_before + time.perf_counter() - start)
+            if checkpoints.after_step(epoch, batch + 1, totals, seconds_before + time.perf_counter() - start):
+                state["budget_spent"] = True
+                break
     summed = accelerator.reduce(totals, reduction="sum")
+    state["images_seen"] += int(summed[2].item())
     seconds = seconds_before + time.perf_counter() - start
     return {"train_loss": (summed[0] / summed[2]).item(), "train_accuracy": (summed[1] / summed[2]).item(),
             "learning_rate": parts.scheduler.get_last_lr()[0], "epoch_seconds": seconds,
@@ -209,14 +247,16 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
     """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
     checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
     accelerator, recipe = parts.accelerator, parts.train
+    budget = TimeBudget(recipe.time_budget_minutes, state, parts.schedule_length)
     with StopSignals() as signals:
-        checkpoints = StepCheckpoints(parts, run_dir, state, signals)
+        checkpoints = StepCheckpoints(parts, run_dir, state, signals, budget)
         for epoch in range(state["epoch"], recipe.epochs):
-            if state["stopped_early"]:
+            if state["stopped_early"] or state["budget_spent"]:
                 break
             record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch, state, checkpoints)}
             val = validate(parts.kept_model())
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"], images_seen=state["images_seen"],
+                          elapsed_seconds=budget.elapsed())
             state["history"].append(record)
             accelerator.print(f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f} "
                               f"acc {record['train_accuracy']:.4f} | val loss {val['loss']:.4f} "
@@ -228,7 +268,12 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
             if patience is not None and state["epochs_without_improvement"] >= patience:
                 state["stopped_early"] = True
                 accelerator.print(f"early stopping: no better val accuracy for {patience} epochs")
-            state.update(epoch=epoch + 1, batch=0, partial_epoch=None)
+            if state["budget_spent"]:
+                accelerator.print(f"time budget of {recipe.time_budget_minutes} minutes spent after "
+                                  f"{state['global_step']} optimiser steps ({state['images_seen']:,} images)")
+            budget.resize(state["global_step"])
+            state.update(epoch=epoch + 1, batch=0, partial_epoch=None, elapsed_seconds=budget.elapsed(),
+                         schedule_steps=budget.total_steps())
             save_checkpoint(accelerator, run_dir, state)
             if checkpoints.stop_requested():
                 raise checkpoints.interrupted(f"the end of epoch {epoch + 1}")
