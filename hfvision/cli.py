@@ -1,20 +1,66 @@
-"""Shared entry-point behaviour: a user error becomes one line on stderr and exit status 2."""
+"""The ``hfvision`` command: ``hfvision SUBCOMMAND ...`` (also ``python -m hfvision``), and the shared
+entry-point behaviour: a user error becomes one line on stderr and exit status 2; a stop signal during
+training, one line and 128 + the signal number; Ctrl-C, one line and 130.
+
+Each subcommand is a module of ``hfvision.commands`` (``add_arguments``, ``run``), imported only when used.
+``scripts/*.py`` run the same subcommands (``scripts/finetune.py`` is ``hfvision train``, the path documented for
+``accelerate launch``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import sys
-from typing import Callable
 
 from hfvision.errors import HfvisionError
-from hfvision.training.trainer import RunInterrupted
+
+COMMANDS = {
+    "train": "train (fine-tune or from scratch) and evaluate a model from a recipe",
+    "evaluate": "evaluate a saved model on a dataset split",
+    "explain": "Grad-CAM or attention-rollout heat maps for images or a dataset",
+    "pca": "PCA of pooled features, one panel per model",
+    "sweep": "run a recipe's grid/variants and write one comparison table",
+    "report": "compare finished runs: table, curves, accuracy vs minutes and PFLOPs",
+    "push": "push a finished run's best/ model and card to the Hub",
+    "localization": "the known-answer check of heat maps on synthetic shapes",
+    "demo": "the Gradio demo of a trained model",
+}
 
 
-def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _parser(name: str, module) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"hfvision {name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return parser
+
+
+def run_command(name: str, argv: list[str]) -> None:
+    """Parse ``argv`` for subcommand ``name`` and run it with the one-line error handling of ``run_cli``."""
+    module = importlib.import_module(f"hfvision.commands.{name}")
+    parse = getattr(module, "parse_args", None) or _parser(name, module).parse_args
+    run_cli(lambda args: module.run(parse(args)), argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        listing = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+        print(f"usage: hfvision COMMAND [ARGS ...]   (hfvision COMMAND --help for its options)\n\n{listing}",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    run_command(argv[0], argv[1:])
+
+
+def run_cli(main: callable, argv: list[str]) -> None:
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
+    from hfvision.training.trainer import RunInterrupted
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     disable_progress_bars()  # per-file bars of save/load; the training loop keeps its own
     transformers_logging.disable_progress_bar()
     try:

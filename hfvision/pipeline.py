@@ -5,7 +5,7 @@
 Each stage is a function of what the ones before returned; the packages below do one job each (``data/``
 loads and decodes, ``models/`` builds, ``training/`` trains, ``evaluation/`` measures, ``explain/`` draws,
 ``hub`` shares) and only this module calls them all. ``evaluate_saved_model`` is the short pipeline behind
-``scripts/evaluate.py``: resolve -> data -> model -> evaluate.
+``hfvision evaluate``: resolve -> data -> model -> evaluate.
 
 Run directory (the contract in DESIGN.md): ``recipe.yaml``, ``best/`` and ``last/`` (``save_pretrained`` dirs
 with the image processor), ``checkpoint/`` (what ``train.resume=true`` continues from), ``metrics.json``,

@@ -66,14 +66,16 @@ def tiny_pretrained_dirs(tmp_path_factory):
 
 
 def script_command(name, *args, nproc=None) -> list[str]:
-    """``python scripts/NAME args``, or the same under ``torchrun --nproc_per_node nproc`` (CPU processes, gloo)."""
+    """``python scripts/NAME args`` (a name without ``.py``: ``python -m hfvision NAME args``), or the same under
+    ``torchrun --nproc_per_node nproc`` (CPU processes, gloo)."""
     import os
     import sys
 
+    target = [str(REPO / "scripts" / name)] if name.endswith(".py") else ["-m", "hfvision", name]
     if nproc:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(29500 + os.getpid() % 1000), str(REPO / "scripts" / name), *map(str, args)]
-    return [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+                "--master_port", str(29500 + os.getpid() % 1000), *target, *map(str, args)]
+    return [sys.executable, *target, *map(str, args)]
 
 
 def script_env() -> dict:

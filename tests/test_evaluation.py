@@ -1,12 +1,10 @@
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, script_command, script_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
@@ -133,12 +131,8 @@ def synthetic_model_dir(tmp_path_factory):
 
 
 def script(name, *args, nproc=None, timeout=600):
-    command = [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
-    if nproc:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_port", str(29500 + os.getpid() % 1000), str(REPO / "scripts" / name), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+    result = subprocess.run(script_command(name, *args, nproc=nproc), capture_output=True, text=True, cwd=REPO,
+                            timeout=timeout, env=script_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -147,8 +141,8 @@ def script(name, *args, nproc=None, timeout=600):
 def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_dir):
     # 101 images in batches of 16 over 2 processes: the last batch is split unevenly and padded by Accelerate
     common = ["--model", synthetic_model_dir, "--data", "synthetic", "--max-samples", 101, "--batch-size", 16]
-    assert "on 1 process(es)" in script("evaluate.py", *common, "--out", tmp_path / "one.json").stdout
-    assert "on 2 process(es)" in script("evaluate.py", *common, "--out", tmp_path / "two.json", nproc=2).stdout
+    assert "on 1 process(es)" in script("evaluate", *common, "--out", tmp_path / "one.json").stdout
+    assert "on 2 process(es)" in script("evaluate", *common, "--out", tmp_path / "two.json", nproc=2).stdout
     one, two = (json.loads((tmp_path / f).read_text())["test"] for f in ("one.json", "two.json"))
     assert one["num_samples"] == two["num_samples"] == 101
     assert one["confusion_matrix"] == two["confusion_matrix"]

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 import hfvision.pipeline as pipeline
 from hfvision.cli import run_cli
-from hfvision.errors import HfvisionError
 from hfvision.pipeline import fit
 from hfvision.recipe import load_recipe
 from hfvision.training.checkpoint import read_trainer_state
@@ -54,7 +53,7 @@ def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path)
     assert metrics["test"]["num_samples"] == 101 and len(metrics["history"]) == 1
     assert list((out / "logs").rglob("events.out.tfevents.*")), "the default tracker wrote nothing"
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.old"))
-    single = subprocess.run(script_command("evaluate.py", "--model", out, "--data", "synthetic", "--max-samples", 101,
+    single = subprocess.run(script_command("evaluate", "--model", out, "--data", "synthetic", "--max-samples", 101,
                                            "--out", tmp_path / "one.json"),
                             capture_output=True, text=True, cwd=REPO, env=script_env(), timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
@@ -67,7 +66,7 @@ def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path)
     assert "resumed from" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
-    subprocess.run(script_command("evaluate.py", "--model", out, "--data", "synthetic", "--max-samples", 101,
+    subprocess.run(script_command("evaluate", "--model", out, "--data", "synthetic", "--max-samples", 101,
                                   "--out", tmp_path / "two.json"), check=True, cwd=REPO, env=script_env(),
                    capture_output=True, timeout=600)
     assert json.loads((tmp_path / "two.json").read_text())["test"]["accuracy"] == pytest.approx(

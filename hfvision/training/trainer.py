@@ -115,9 +115,9 @@ class TimeBudget:
 
     CALIBRATION_STEPS = 20
 
-    def __init__(self, minutes: float | None, state: dict, length: ScheduleLength | None):
+    def __init__(self, minutes: float | None, state: dict, length: ScheduleLength | None, accelerator: Accelerator):
         self.seconds = minutes * 60 if minutes else None
-        self.length = length
+        self.length, self.accelerator = length, accelerator
         self.start = time.monotonic() - state.get("elapsed_seconds", 0.0)
 
     def elapsed(self) -> float:
@@ -132,8 +132,9 @@ class TimeBudget:
     def resize(self, steps_done: int) -> None:
         if self.seconds is None or self.length is None or steps_done == 0:
             return
-        seconds_per_step = self.elapsed() / steps_done
-        self.length.total_steps = max(steps_done + 1, round(self.seconds / seconds_per_step))
+        elapsed = torch.tensor(self.elapsed(), device=self.accelerator.device)
+        elapsed = self.accelerator.reduce(elapsed, reduction="mean").item()  # every process, one schedule
+        self.length.total_steps = max(steps_done + 1, round(self.seconds * steps_done / elapsed))
 
 
 class StepCheckpoints:
@@ -247,7 +248,7 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
     """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
     checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
     accelerator, recipe = parts.accelerator, parts.train
-    budget = TimeBudget(recipe.time_budget_minutes, state, parts.schedule_length)
+    budget = TimeBudget(recipe.time_budget_minutes, state, parts.schedule_length, accelerator)
     with StopSignals() as signals:
         checkpoints = StepCheckpoints(parts, run_dir, state, signals, budget)
         for epoch in range(state["epoch"], recipe.epochs):
