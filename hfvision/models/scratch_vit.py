@@ -23,9 +23,8 @@ that a model dir loads with ``trust_remote_code=True`` where hfvision is not ins
 
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
