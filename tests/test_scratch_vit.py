@@ -3,15 +3,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 import hfvision
 from hfvision import ScratchViTConfig, ScratchViTForImageClassification
-from hfvision.models.scratch_vit import apply_rope, rope_2d_angles, vit_state_dict_from_transformers
+from hfvision.models.scratch_vit import (apply_rope, rope_2d_angles, sincos_1d, sincos_2d,
+                                        vit_state_dict_from_transformers)
 
 AXES = {
     "patch_embedding": ["linear", "overlapping"],
@@ -262,3 +265,54 @@ print('ok')
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                             timeout=300)
     assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+MAIN_FIXTURE = Path(__file__).parent / "fixtures" / "scratch_vit_main"
+MAIN_MODELS = sorted(path.name for path in MAIN_FIXTURE.iterdir() if path.is_dir())
+
+
+def test_the_main_fixture_covers_every_position_scheme():
+    schemes = {AutoConfig.from_pretrained(MAIN_FIXTURE / name).position_embedding for name in MAIN_MODELS}
+    assert schemes == set(AXES["position_embedding"])
+
+
+@pytest.mark.parametrize("name", MAIN_MODELS)
+def test_dirs_saved_before_position_modules_load_with_the_same_logits(name):
+    """The fixture was written by tests/fixtures/scratch_vit_main/make_fixture.py with the code of main at 81d7134."""
+    expected = load_file(MAIN_FIXTURE / "expected.safetensors")
+    model, info = ScratchViTForImageClassification.from_pretrained(MAIN_FIXTURE / name, output_loading_info=True)
+    assert info["missing_keys"] == info["unexpected_keys"] == set() and not info["mismatched_keys"]
+    resized = ScratchViTForImageClassification.from_pretrained(MAIN_FIXTURE / name, image_size=24)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(expected["pixels"]).logits, expected[f"{name}.logits"],
+                                   rtol=0, atol=1e-6)
+        # a larger input: positions resampled (learned) or computed (fixed) for the 6x6 grid at run time ...
+        torch.testing.assert_close(model(expected["pixels_24"]).logits, expected[f"{name}.logits_24"],
+                                   rtol=0, atol=1e-6)
+        # ... and at load, by the same resampling
+        torch.testing.assert_close(resized.eval()(expected["pixels_24"]).logits, expected[f"{name}.logits_24"],
+                                   rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme, reference", [
+    ("sincos1d", lambda grid: sincos_1d(1 + grid[0] * grid[1], 32)),  # CLS at index 0 (the default)
+    ("sincos2d", lambda grid: sincos_2d(*grid, 32)),
+    ("rope", lambda grid: rope_2d_angles(*grid, head_dim=16)),
+])
+def test_fixed_tables_are_unsaved_buffers_computed_once_per_grid(scheme, reference, monkeypatch):
+    model = ScratchViTForImageClassification(tiny(position_embedding=scheme)).eval()
+    positions = model.vit.positions
+    assert dict(positions.named_buffers()).keys() == {"table_4x4"}
+    torch.testing.assert_close(positions.table_4x4, reference((4, 4)), rtol=0, atol=0)
+    assert not any("table" in key for key in model.state_dict())
+    calls = []
+    compute = type(positions).compute
+    monkeypatch.setattr(type(positions), "compute", lambda self, grid: calls.append(grid) or compute(self, grid))
+    for size in (32, 48, 48, 32):
+        model(torch.randn(1, 3, size, size))
+    assert calls == [(6, 6)]  # the 4x4 table was built with the model, the 6x6 one on its first use
+    torch.testing.assert_close(positions.table_6x6, reference((6, 6)), rtol=0, atol=0)
+    model.double()  # the tables move with the model (here: its dtype) ...
+    assert positions.table_6x6.dtype == torch.float64
+    model.to("meta")  # ... and a new grid's table goes where the others are
+    assert positions.table((5, 5)).device.type == "meta"

@@ -13,7 +13,7 @@ the from-scratch CIFAR studies ablate:
   ``intermediate_size`` so parameters stay within 2% of the MLP;
 - ``position_embedding``: ``learned``, ``sincos1d``, ``sincos2d`` (Beyer et al. 2022 "Better plain ViT
   baselines", arXiv:2205.01580), ``rope`` (2D axial rotary on patch queries/keys, Heo et al. 2024,
-  arXiv:2403.13298) or ``none``;
+  arXiv:2403.13298) or ``none``: one module per scheme (``POSITION_SCHEMES``), all with the same call shape;
 - ``num_registers``: extra learnable tokens dropped before pooling (Darcet et al. 2024, arXiv:2309.16588);
 - ``pooling``: ``cls`` or ``mean`` over patch tokens.
 
@@ -23,6 +23,7 @@ that a model dir loads with ``trust_remote_code=True`` where hfvision is not ins
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -34,10 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 PATCH_EMBEDDINGS = ("linear", "overlapping")
 NORM_TYPES = ("layernorm", "rmsnorm")
 FFN_TYPES = ("mlp", "swiglu")
-POSITION_EMBEDDINGS = ("learned", "sincos1d", "sincos2d", "rope", "none")
 POOLINGS = ("cls", "mean")
-# Position schemes that have a natural code for the CLS token: a row of a learned table, or index 0 of 1D.
-CLS_POSITION_SCHEMES = ("learned", "sincos1d")
 
 
 def _one_of(name: str, value, allowed) -> None:
@@ -97,7 +95,7 @@ class ScratchViTConfig(PretrainedConfig):
         self.ffn_type = ffn_type
         self.position_embedding = position_embedding
         if cls_position_embedding is None:
-            cls_position_embedding = position_embedding in CLS_POSITION_SCHEMES
+            cls_position_embedding = position_embedding in cls_position_schemes()
         self.cls_position_embedding = cls_position_embedding
         self.num_registers = num_registers
         self.pooling = pooling
@@ -109,7 +107,7 @@ class ScratchViTConfig(PretrainedConfig):
         _one_of("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
         _one_of("norm_type", self.norm_type, NORM_TYPES)
         _one_of("ffn_type", self.ffn_type, FFN_TYPES)
-        _one_of("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        resolve_position_scheme(self.position_embedding)
         _one_of("pooling", self.pooling, POOLINGS)
         for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
                      "num_attention_heads", "intermediate_size"):
@@ -133,9 +131,9 @@ class ScratchViTConfig(PretrainedConfig):
             raise ValueError(f"ScratchViTConfig: sincos1d needs an even hidden_size, got {self.hidden_size}")
         if self.patch_embedding == "overlapping" and self.patch_size < 2:
             raise ValueError("ScratchViTConfig: overlapping patch_embedding needs patch_size >= 2")
-        if self.cls_position_embedding and self.position_embedding not in CLS_POSITION_SCHEMES:
+        if self.cls_position_embedding and self.position_embedding not in cls_position_schemes():
             raise ValueError(f"ScratchViTConfig: cls_position_embedding=true needs position_embedding in "
-                             f"{', '.join(CLS_POSITION_SCHEMES)}, got '{self.position_embedding}'")
+                             f"{', '.join(cls_position_schemes())}, got '{self.position_embedding}'")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -148,7 +146,7 @@ class ScratchViTConfig(PretrainedConfig):
 
 
 # ----------------------------------------------------------------------------------------------
-# Position tables (pure functions) and rotary embedding
+# Position tables (pure functions), rotary embedding, and the position schemes
 
 
 def sincos_1d(num_positions: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -192,6 +190,145 @@ def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
     grid = table.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+class NoPositions(nn.Module):
+    """``none``: tokens carry no position code. Also the call shape that every scheme shares:
+
+    - ``scheme(patches (B, h*w, D), cls (B, 1, D), grid, learned_table)`` -> ``(patches, cls)`` with the absolute
+      position code added. ``learned_table`` is the model's ``position_table`` (None unless ``learned``): it stays
+      a parameter of the model so that saved files keep the transformers ViT name ``vit.position_table``.
+    - ``scheme.rope_angles(grid)`` -> (h*w, head_dim/2) rotary angles for the patch queries and keys, or None.
+
+    Every scheme is built with the same keywords: the patch ``grid`` of the configured image size, the hidden size
+    ``dim``, the attention ``head_dim`` and ``cls_position`` (whether CLS gets a position code too).
+    """
+
+    codes_cls = False  # whether the scheme has a natural code for CLS (cls_position_embedding may be true)
+
+    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
+        super().__init__()
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int],
+                learned_table: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return patches, cls
+
+    def rope_angles(self, grid: tuple[int, int]) -> Optional[torch.Tensor]:
+        return None
+
+
+class LearnedPositions(NoPositions):
+    """``learned``: the model's (1, [1 +] h*w, D) table (a CLS row first when ``cls_position``, the transformers ViT
+    layout), resampled bicubically when the grid differs from the table's (at run time and by ``resize_image``)."""
+
+    codes_cls = True
+
+    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
+        super().__init__(grid=grid, dim=dim, head_dim=head_dim, cls_position=cls_position)
+        self.num_cls_rows = int(cls_position)
+
+    def table_shape(self, grid: tuple[int, int], dim: int) -> tuple[int, int, int]:
+        return 1, self.num_cls_rows + grid[0] * grid[1], dim
+
+    def resample(self, table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The table for another (square) grid: the CLS row kept as it is, the patch rows resampled bicubically."""
+        side = math.isqrt(table.shape[1] - self.num_cls_rows)  # tables are square: image_size is one number
+        if (side, side) == tuple(grid):
+            return table
+        patches = resample_grid(table[:, self.num_cls_rows:], (side, side), grid)
+        return torch.cat([table[:, :self.num_cls_rows], patches], dim=1)
+
+    def forward(self, patches, cls, grid, learned_table=None):
+        table = self.resample(learned_table, grid)
+        if self.num_cls_rows:
+            cls = cls + table[:, :1]
+        return patches + table[:, self.num_cls_rows:].to(patches.dtype), cls
+
+
+class FixedTablePositions(NoPositions):
+    """A scheme whose code is a fixed function of the grid, ``compute(grid)`` (float64 maths, float32 result). Each
+    grid's table is computed once and kept as a non-persistent buffer ``table_{h}x{w}``: it moves with
+    ``.to(device)`` and is not saved."""
+
+    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
+        super().__init__(grid=grid, dim=dim, head_dim=head_dim, cls_position=cls_position)
+        self.dim, self.head_dim, self.num_cls_rows = dim, head_dim, int(cls_position)
+        self.grids: dict[str, tuple[int, int]] = {}  # buffer name -> grid
+        self.table(grid)
+
+    def compute(self, grid: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        name = f"table_{grid[0]}x{grid[1]}"
+        if name not in self.grids:
+            table = self.compute(grid)
+            cached = next(self.buffers(), None)  # a new grid's table goes where the others are
+            self.register_buffer(name, table if cached is None else table.to(cached.device), persistent=False)
+            self.grids[name] = tuple(grid)
+        return self.get_buffer(name)
+
+    @torch.no_grad()
+    def recompute_tables(self) -> None:
+        """Fill every cached table again: ``from_pretrained`` builds the model on the meta device and leaves
+        non-persistent buffers empty."""
+        for name, grid in self.grids.items():
+            self.get_buffer(name).copy_(self.compute(grid))
+
+
+class SinCos1DPositions(FixedTablePositions):
+    """``sincos1d``: the 1D sin-cos table over the raster order of patches, index 0 for CLS when ``cls_position``."""
+
+    codes_cls = True
+
+    def compute(self, grid):
+        return sincos_1d(self.num_cls_rows + grid[0] * grid[1], self.dim)
+
+    def forward(self, patches, cls, grid, learned_table=None):
+        table = self.table(grid).to(patches.dtype)
+        if self.num_cls_rows:
+            cls = cls + table[:1]
+        return patches + table[self.num_cls_rows:], cls
+
+
+class SinCos2DPositions(FixedTablePositions):
+    """``sincos2d``: the 2D sin-cos table of "Better plain ViT baselines" on patches; CLS has no code."""
+
+    def compute(self, grid):
+        return sincos_2d(*grid, self.dim)
+
+    def forward(self, patches, cls, grid, learned_table=None):
+        return patches + self.table(grid).to(patches.dtype), cls
+
+
+class RotaryPositions(FixedTablePositions):
+    """``rope``: nothing is added to tokens; attention rotates patch queries and keys by these angles."""
+
+    def compute(self, grid):
+        return rope_2d_angles(*grid, self.head_dim)
+
+    def rope_angles(self, grid):
+        return self.table(grid)
+
+
+POSITION_SCHEMES: dict[str, type[NoPositions]] = {
+    "learned": LearnedPositions,
+    "sincos1d": SinCos1DPositions,
+    "sincos2d": SinCos2DPositions,
+    "rope": RotaryPositions,
+    "none": NoPositions,
+}
+
+
+def resolve_position_scheme(name: str) -> type[NoPositions]:
+    if name not in POSITION_SCHEMES:
+        raise ValueError(f"ScratchViTConfig.position_embedding: '{name}' is not one of {', '.join(POSITION_SCHEMES)}")
+    return POSITION_SCHEMES[name]
+
+
+def cls_position_schemes() -> tuple[str, ...]:
+    """The schemes with a natural code for the CLS token: a row of a learned table, or index 0 of 1D."""
+    return tuple(name for name, scheme in POSITION_SCHEMES.items() if scheme.codes_cls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,7 +474,8 @@ class ScratchViTPreTrainedModel(PreTrainedModel):
                 nn.init.trunc_normal_(module.registers, std=std)
             if module.position_table is not None:
                 nn.init.trunc_normal_(module.position_table, std=std)
-
+        elif isinstance(module, FixedTablePositions):
+            module.recompute_tables()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -358,18 +496,14 @@ class ScratchViTPreTrainedModel(PreTrainedModel):
         return model
 
     def resize_image(self, image_size: int) -> None:
-        """Set the input size; a learned position table is resampled bicubically (CLS row kept)."""
+        """Set the input size; a learned position table is resampled as at run time (CLS row kept)."""
         base = self.base_model
         config = self.config
         if image_size % config.patch_size:
             raise ValueError(f"ScratchViTConfig: image_size {image_size} is not divisible by patch_size {config.patch_size}")
         new_grid = (image_size // config.patch_size,) * 2
         if base.position_table is not None:
-            table = base.position_table.data
-            prefix = table[:, :int(config.cls_position_embedding)]
-            patches = resample_grid(table[:, prefix.shape[1]:], base.grid, new_grid)
-            base.position_table = nn.Parameter(torch.cat([prefix, patches], dim=1))
-        base.grid = new_grid
+            base.position_table = nn.Parameter(base.positions.resample(base.position_table.data, new_grid))
         config.image_size = image_size
 
 
@@ -379,16 +513,18 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
     def __init__(self, config: ScratchViTConfig):
         super().__init__(config)
         dim = config.hidden_size
-        self.grid = (config.image_size // config.patch_size,) * 2
-        num_patches = self.grid[0] * self.grid[1]
+        grid = (config.image_size // config.patch_size,) * 2
         self.patch_embed = PatchEmbedding(kind=config.patch_embedding, patch_size=config.patch_size,
                                           in_channels=config.num_channels, dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.registers = nn.Parameter(torch.zeros(1, config.num_registers, dim)) if config.num_registers else None
-        # The learned table holds a CLS row first when cls_position_embedding (the transformers ViT layout).
+        scheme = resolve_position_scheme(config.position_embedding)
+        self.positions = scheme(grid=grid, dim=dim, head_dim=dim // config.num_attention_heads,
+                                cls_position=config.cls_position_embedding)
+        # The learned table lives here, not in self.positions, so that its saved name stays vit.position_table.
         self.position_table = None
-        if config.position_embedding == "learned":
-            self.position_table = nn.Parameter(torch.zeros(1, num_patches + int(config.cls_position_embedding), dim))
+        if isinstance(self.positions, LearnedPositions):
+            self.position_table = nn.Parameter(torch.zeros(self.positions.table_shape(grid, dim)))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
@@ -398,39 +534,15 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "registers", "position_table"}
 
-    def _add_positions(self, patches: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int]):
-        """Add the absolute position code (if any) to patch tokens and, where configured, to CLS."""
-        config, dim = self.config, self.config.hidden_size
-        scheme = config.position_embedding
-        if scheme == "learned":
-            table = self.position_table
-            if config.cls_position_embedding:
-                cls = cls + table[:, :1]
-                table = table[:, 1:]
-            return patches + resample_grid(table, self.grid, grid).to(patches.dtype), cls
-        if scheme == "sincos1d":
-            offset = int(config.cls_position_embedding)
-            table = sincos_1d(grid[0] * grid[1] + offset, dim).to(patches.device, patches.dtype)
-            if offset:
-                cls = cls + table[:1]
-            return patches + table[offset:], cls
-        if scheme == "sincos2d":
-            return patches + sincos_2d(*grid, dim).to(patches.device, patches.dtype), cls
-        return patches, cls  # rope acts inside attention; none adds nothing
-
     def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False,
                 output_hidden_states: bool = False, return_dict: Optional[bool] = None, **kwargs):
         patches, grid = self.patch_embed(pixel_values)
         batch = patches.shape[0]
         cls = self.cls_token.expand(batch, -1, -1)
-        patches, cls = self._add_positions(patches, cls, grid)
+        patches, cls = self.positions(patches, cls, grid, self.position_table)
         prefix = [cls] if self.registers is None else [cls, self.registers.expand(batch, -1, -1)]
         x = self.dropout(torch.cat(prefix + [patches], dim=1))  # (B, prefix + h*w, D)
-
-        rope_angles = None
-        if self.config.position_embedding == "rope":
-            rope_angles = rope_2d_angles(*grid, self.config.hidden_size // self.config.num_attention_heads)
-            rope_angles = rope_angles.to(x.device)
+        rope_angles = self.positions.rope_angles(grid)
         hidden_states, attentions = [], []
         for block in self.blocks:
             if output_hidden_states:
