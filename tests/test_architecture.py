@@ -12,7 +12,7 @@ LAYERS = {
     "data": 2, "models": 2,
     "training": 3, "evaluation": 3,
     "explain": 4, "hub": 4, "run_dir": 4,
-    "pipeline": 5, "sweep": 6, "cli": 7,
+    "pipeline": 5, "sweep": 6, "commands": 7, "cli": 8,
 }
 
 
