@@ -14,6 +14,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 from accelerate import PartialState  # noqa: E402
 
 from hfvision.cli import run_cli  # noqa: E402
+from hfvision.errors import HfvisionError  # noqa: E402
 from hfvision.evaluation.compare import markdown_table  # noqa: E402
 from hfvision.sweep import run_sweep  # noqa: E402
 
@@ -24,7 +25,11 @@ def main(argv):
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (output_dir is the sweep dir)")
     parser.add_argument("--grid", action="append", default=[], help="dotted.key=v1,v2 (repeat for a cross product)")
     parser.add_argument("--name-template", default=None, help='run names, e.g. "p{patch_size}_d{num_hidden_layers}"')
-    args = parser.parse_args(argv)
+    # options and key=value overrides in any order (plain parse_args stops taking overrides after the first option)
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    if unknown:
+        raise HfvisionError(f"sweep.py: unknown argument {unknown[0]!r}; options are --grid, --name-template, "
+                            "and overrides are key=value")
     sweep_dir, rows = run_sweep(args.recipe, args.grid, args.overrides, args.name_template)
     if PartialState().is_main_process:
         print(markdown_table(rows))

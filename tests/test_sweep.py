@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -58,3 +59,48 @@ def test_two_by_two_sweep_makes_four_runs_one_table_and_skips_finished(tmp_path)
                              "w{hidden_size}_l{num_hidden_layers}"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("finished, skipped") == 4
+
+
+def load_sweep_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "scripts" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_cli_takes_overrides_after_grid_options_as_in_its_docstring(tmp_path, monkeypatch, capsys):
+    import hfvision.training.run
+
+    seen = []
+
+    def fake_fit(recipe):  # records the resolved run and leaves the metrics.json a finished run has
+        seen.append((recipe.model.config["patch_size"], recipe.model.config["num_hidden_layers"], recipe.train.epochs,
+                     recipe.output_dir))
+        out = Path(recipe.output_dir)
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "macro_f1": 0.4}, "model": {}}))
+
+    monkeypatch.setattr(hfvision.training.run, "fit", fake_fit)
+    sweep = load_sweep_script()
+    out = tmp_path / "patch_depth"
+    # the docstring's command, word for word except the output dir
+    sweep.main(["recipes/quickstart.yaml", "--grid", "model.config.patch_size=4,8",
+                "--grid", "model.config.num_hidden_layers=1,2", f"output_dir={out}", "train.epochs=2"])
+    names = ["patch_size=4-num_hidden_layers=1", "patch_size=4-num_hidden_layers=2",
+             "patch_size=8-num_hidden_layers=1", "patch_size=8-num_hidden_layers=2"]
+    assert seen == [(4, 1, 2, str(out / names[0])), (4, 2, 2, str(out / names[1])),
+                    (8, 1, 2, str(out / names[2])), (8, 2, 2, str(out / names[3]))]
+    assert [line.split(" | ")[0] for line in (out / "comparison.md").read_text().splitlines()[2:]] == \
+        [f"| {n}" for n in names]
+    # options in between overrides and before the recipe work too; an unknown option is one line, exit 2
+    seen.clear()
+    sweep.main(["--grid", "model.config.patch_size=4", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'b'}",
+                "--name-template", "p{patch_size}", "train.epochs=3"])
+    assert [(s[0], s[2], Path(s[3]).name) for s in seen] == [(4, 3, "p4")]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "recipes/quickstart.yaml",
+                             "--grdi", "model.config.patch_size=4", "train.epochs=1"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: sweep.py: unknown argument '--grdi'; options are --grid, --name-template, and overrides are key=value"]
