@@ -36,10 +36,7 @@ def main(argv):
     first = next(iter(built.values()))
     true_labels = None
     if args.image:
-        images = [load_image(path) for path in args.image]
-        size = first.normalization.size
-        images = torch.cat([torch.nn.functional.interpolate(i.float(), size=(size, size), mode="bilinear",
-                                                            antialias=True).round().clamp(0, 255).byte() for i in images])
+        images = torch.cat([load_image(path, first.normalization.size) for path in args.image])
     else:
         split, label_names = load_eval_split(args.data, args.split, first.normalization.size)
         indices = first_index_per_class(split.labels, len(label_names)) if args.per_class else list(range(args.count))

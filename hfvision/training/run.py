@@ -98,7 +98,11 @@ def _load_data_and_model(recipe: Recipe, accelerator: Accelerator):
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
     built = build_model(recipe.model, recipe.data, label_names)
-    data = decode_splits(splits, image_column, label_column, built.normalization.size, label_names)
+    data = decode_splits(splits, image_column, label_column, built.normalization.size, label_names,
+                         recipe.data.on_bad_image)
+    if data.skipped:  # data.on_bad_image=skip
+        accelerator.print(f"data: skipped {len(data.skipped)} unreadable image(s): {'; '.join(data.skipped[:3])}"
+                          + (" ..." if len(data.skipped) > 3 else ""))
     total, trainable = count_parameters(built.model)
     accelerator.print(f"data: {len(data.train)} train / {len(data.validation)} val / {len(data.test)} test images, "
                       f"{len(label_names)} classes; model: {total:,} parameters, {trainable:,} trainable")
