@@ -98,7 +98,7 @@ def image_to_tensor(image, size: int) -> torch.Tensor:
     try:
         return load_pixels(image, size, name)
     except UnreadableImage as exc:
-        raise gr.Error(f"Could not read {exc} — please upload a JPEG, PNG, WebP or similar image.") from None
+        raise gr.Error(f"Could not read {exc}; please upload a JPEG, PNG, WebP or similar image.") from None
 
 
 def predict(image, model_name: str = DEFAULT_MODEL):
