@@ -260,6 +260,14 @@ def test_model_choice_stays_under_the_root_and_says_the_same_for_existing_and_mi
     assert str(info.value) == app.NOT_ALLOWED
 
 
+def test_demo_decodes_uploads_as_the_data_path_does(model_root):
+    from hfvision.data.images import load_pixels
+
+    app = import_app()
+    upload = {"path": str(model_root / "shape.png"), "orig_name": "shape.png"}  # Gradio's payload, unprocessed
+    torch.testing.assert_close(app.image_to_tensor(upload, 32), load_pixels(model_root / "shape.png", 32), rtol=0, atol=0)
+
+
 def test_loaded_models_are_a_bounded_lru_cache(monkeypatch):
     app = import_app()
     loads = []
