@@ -143,6 +143,7 @@ def test_image_folder_skip_drops_exactly_the_bad_files_and_decodes_the_rest(bad_
     assert sum(np.array_equal(image, eight_bit(RAMP16)) for image in pixels) == 1
 
 
+@pytest.mark.slow
 def test_finetune_stops_with_one_line_naming_the_bad_file(bad_image_folder, tmp_path):
     root, bad = bad_image_folder
     overrides = tiny_recipe_overrides(tmp_path / "run", **{"data.dataset": str(root), "data.val_fraction": 0.25})

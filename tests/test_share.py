@@ -342,7 +342,7 @@ def test_demo_script_takes_host_and_port_from_gradio_env_and_serves_only_its_mod
 
 
 def test_demo_flags_need_each_other(model_root):
-    result = subprocess.run([sys.executable, str(REPO / "app.py"), "--model", str(model_root / "root" / "m1"),
-                             "--allow-model-choice"], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == \
-        "error: --allow-model-choice and --model-root DIR go together"
+    app = import_app()
+    for flags in (["--allow-model-choice"], ["--model-root", str(model_root / "root")]):
+        with pytest.raises(SystemExit, match="^error: --allow-model-choice and --model-root DIR go together$"):
+            app.main(["--model", str(model_root / "root" / "m1"), *flags])

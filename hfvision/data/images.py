@@ -33,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hfvision.errors import HfvisionError
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+SIXTEEN_BIT_SCALE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
@@ -81,7 +81,7 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """A decoded PIL image, any mode, as uint8 (H, W, 3); see the module docstring for each mode."""
-    if image.mode in SIXTEEN_BIT_MODES:
+    if image.mode in SIXTEEN_BIT_SCALE_MODES:
         values = np.asarray(image).astype(np.float64)
         return _gray_to_rgb(np.round(np.clip(values, 0, 65535) * (255 / 65535)).astype(np.uint8))
     if image.mode == "F":
@@ -93,7 +93,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def describe(source) -> str:
+def _describe(source) -> str:
     """How an error names ``source``: its path when it has one."""
     if isinstance(source, dict):
         return str(source.get("path") or "image bytes")
@@ -111,11 +111,11 @@ def load_rgb(source, name: str | None = None) -> np.ndarray:
         image = ImageOps.exif_transpose(image)
         array = to_rgb_array(image)
     except UnreadableImage as exc:
-        raise UnreadableImage(f"{name or describe(source)}: {exc}") from None
+        raise UnreadableImage(f"{name or _describe(source)}: {exc}") from None
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
         # PIL signals bad files with these: OSError (truncated, unidentified), SyntaxError (broken headers),
         # ValueError/TypeError (modes or arrays it cannot convert)
-        raise UnreadableImage(f"{name or describe(source)}: {_reason(exc)}") from None
+        raise UnreadableImage(f"{name or _describe(source)}: {_reason(exc)}") from None
     return array if array.flags.writeable else array.copy()  # np.asarray of a PIL image is read-only
 
 
