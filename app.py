@@ -2,15 +2,28 @@
 
     python app.py --model runs/quickstart            # a run dir (uses best/), a model dir or a Hub id
     HFVISION_MODEL=your-name/your-model python app.py
+    python app.py --model runs/quickstart --allow-model-choice --model-root runs   # local use: pick a model
+
+The operator fixes the model (``--model`` or ``HFVISION_MODEL``); visitors only send images. With
+``--allow-model-choice`` a model box appears, limited to run/model dirs under ``--model-root`` and Hub ids;
+anything else (an absolute path, ``..``, a symlink out of the root) gets one message that does not say
+whether the path exists. Hub ids in the box are fetched from the Hub (or its cache), never read as local paths.
+Up to ``MODEL_CACHE_SIZE`` models stay loaded (least recently used first out).
+
+Host and port: ``--host``/``--port`` when given, else Gradio's ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``
+(a Space sets 0.0.0.0:7860), else 127.0.0.1 and the first free port from 7860.
 
 ``demo`` is built at import (so Spaces can run this file as is, and tests can import it); it is launched
-only under ``__main__``.
+only under ``__main__``. Uploads are decoded by ``hfvision.data.images`` (the data path's decoder and resize),
+so the model sees the pixels it would see in a dataset, and a file that is not an image gets a readable message.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +33,7 @@ import torch
 import yaml
 from PIL import Image
 
+from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import load_eval_split
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -29,29 +43,68 @@ from hfvision.models.factory import load_model_for_inference
 
 DEFAULT_MODEL = os.environ.get("HFVISION_MODEL", "runs/quickstart")
 DISPLAY_SIZE = 256
-_loaded: dict = {}
+MODEL_CACHE_SIZE = 3
+NOT_ALLOWED = "model: only run or model dirs under the model root and Hub ids (owner/name) can be loaded here"
+HUB_FILES = ["*.json", "*.safetensors"]  # config, processor config and weights: enough for from_pretrained
 
 
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
 def load(model_name: str):
-    """The model for ``model_name``, loaded once per process, on the GPU when there is one."""
-    if model_name not in _loaded:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        _loaded[model_name] = load_model_for_inference(model_name, device)
-    return _loaded[model_name]
+    """The model for ``model_name``, on the GPU when there is one; the last few stay loaded."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model_for_inference(model_name, device)
+
+
+def choose_model(name: str, model_root: Path) -> str:
+    """A model name typed by a visitor -> what ``load`` may open: a dir under ``model_root`` or a Hub snapshot.
+
+    A name that would leave the root (absolute, ``~``, ``..``, or a symlink whose target is outside) raises
+    ``NOT_ALLOWED`` whether or not it exists; a name that is not under the root is only ever a Hub id."""
+    name = (name or "").strip()
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or name.startswith("~") or ".." in parts:
+        raise HfvisionError(NOT_ALLOWED)
+    root = model_root.resolve()
+    try:
+        candidate = (root / name).resolve()  # follows symlinks: an escape shows up here
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        raise HfvisionError(NOT_ALLOWED) from None
+    if not candidate.is_relative_to(root):
+        raise HfvisionError(NOT_ALLOWED)
+    if candidate.exists():
+        return str(candidate)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise HfvisionError(NOT_ALLOWED) from None
+    try:
+        return snapshot_download(name, allow_patterns=HUB_FILES)
+    except Exception:  # offline, missing, private, gated: the visitor needs the name, not the client's stack
+        raise HfvisionError(f"model: could not load '{name}' from the Hub") from None
 
 
 def image_to_tensor(image, size: int) -> torch.Tensor:
-    """Any PIL/numpy image (grayscale, RGBA, tiny or huge) -> RGB uint8 (1, 3, size, size)."""
+    """An upload (Gradio file payload, path, PIL image or array; any mode or size) -> RGB uint8 (1, 3, size, size),
+    decoded and resized as the data path does."""
+    if isinstance(image, dict):  # the Image component's payload, unprocessed: hfvision decodes the file itself
+        name, image = image.get("orig_name") or "the upload", image.get("path")
+    else:
+        name = "the upload"
     if image is None:
         raise gr.Error("Upload an image first.")
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image))
-    image = image.convert("RGB").resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].contiguous()
+    try:
+        return load_pixels(image, size, name)
+    except UnreadableImage as exc:
+        raise gr.Error(f"Could not read {exc}; please upload a JPEG, PNG, WebP or similar image.") from None
 
 
 def predict(image, model_name: str = DEFAULT_MODEL):
     """Top-5 {label: probability} and the Grad-CAM overlay of the predicted class."""
+    if image is None:
+        raise gr.Error("Upload an image first.")
     try:
         built = load(model_name)
     except HfvisionError as exc:
@@ -87,18 +140,38 @@ def example_images(model_name: str, folder: Path) -> list[str]:
     return paths
 
 
-def build_demo(model_name: str = DEFAULT_MODEL) -> gr.Blocks:
+def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) -> gr.Blocks:
+    """The app serving ``model_name``; with ``model_root``, a model box limited to that root and Hub ids."""
     with gr.Blocks(title="hfvision demo") as demo:
         gr.Markdown("# hfvision demo\nUpload an image: the model's top-5 classes and a Grad-CAM heat map of "
                     "where it looked for the predicted class.")
-        model_box = gr.Textbox(value=model_name, label="Model (run dir, model dir or Hub id)")
+        if model_root is not None:
+            model_box = gr.Textbox(value=model_name, label="Model (a run dir under the model root, or a Hub id)")
         with gr.Row():
-            image = gr.Image(type="pil", label="Image", image_mode="RGB", elem_id="input-image")
+            image = gr.Image(type="filepath", label="Image", elem_id="input-image")
             with gr.Column():
                 labels = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="labels")
                 heat = gr.Image(type="pil", label="Grad-CAM (predicted class)", elem_id="gradcam")
         button = gr.Button("Classify", variant="primary", elem_id="classify")
-        button.click(predict, inputs=[image, model_box], outputs=[labels, heat], api_name="predict")
+        if model_root is None:
+            def classify(upload):
+                return predict(upload, model_name)
+            inputs = [image]
+        else:
+            def classify(upload, choice):
+                try:
+                    chosen = model_name if choice == model_name else choose_model(choice, model_root)
+                except HfvisionError as exc:
+                    raise gr.Error(str(exc)) from None
+                try:
+                    load(chosen)
+                except HfvisionError:  # the factory's message has the resolved server path: keep the visitor's name
+                    raise gr.Error(f"model: could not load '{choice}'") from None
+                return predict(upload, chosen)
+            inputs = [image, model_box]
+        # preprocess=False: the upload reaches ``predict`` as Gradio's file payload (already checked to be in
+        # Gradio's upload cache) and is decoded by hfvision, so a non-image gets our message, not a stack trace
+        button.click(classify, inputs=inputs, outputs=[labels, heat], api_name="predict", preprocess=False)
         examples = example_images(model_name, Path(tempfile.mkdtemp(prefix="hfvision-examples-")))
         if examples:
             gr.Examples(examples=examples, inputs=image, label="Examples from the run's test split")
@@ -107,16 +180,28 @@ def build_demo(model_name: str = DEFAULT_MODEL) -> gr.Blocks:
 
 demo = build_demo(DEFAULT_MODEL)
 
-if __name__ == "__main__":
+
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="hfvision Gradio demo")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="run dir, model dir or Hub id")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    if args.model != DEFAULT_MODEL:
-        demo = build_demo(args.model)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="run dir, model dir or Hub id (default: $HFVISION_MODEL)")
+    parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860 or the next free")
+    parser.add_argument("--allow-model-choice", action="store_true",
+                        help="show a model box (local use): run dirs under --model-root and Hub ids")
+    parser.add_argument("--model-root", type=Path, default=None, help="the folder --allow-model-choice may load from")
+    args = parser.parse_args(argv)
+    if args.allow_model_choice != (args.model_root is not None):
+        raise SystemExit("error: --allow-model-choice and --model-root DIR go together")
+    if args.model_root is not None and not args.model_root.is_dir():
+        raise SystemExit(f"error: --model-root: {args.model_root} is not a directory")
     try:
         load(args.model)  # fail early, in one line, when the model cannot be loaded
     except HfvisionError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo.launch(server_name=args.host, server_port=args.port)
+    app = demo if args.model == DEFAULT_MODEL and args.model_root is None else build_demo(args.model, args.model_root)
+    given = {"server_name": args.host, "server_port": args.port}
+    app.launch(**{key: value for key, value in given.items() if value is not None})  # else Gradio's env handling
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -4,7 +4,8 @@ training, one line and 128 + the signal number; Ctrl-C, one line and 130.
 
 Each subcommand is a module of ``hfvision.commands`` (``add_arguments``, ``run``), imported only when used.
 ``scripts/*.py`` run the same subcommands (``scripts/finetune.py`` is ``hfvision train``, the path documented for
-``accelerate launch``).
+``accelerate launch``). The Gradio demo stays ``python app.py`` (the file a Space runs) and the speed benchmarks
+``python scripts/benchmark.py`` (they compare against code outside the library).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ COMMANDS = {
     "report": "compare finished runs: table, curves, accuracy vs minutes and PFLOPs",
     "push": "push a finished run's best/ model and card to the Hub",
     "localization": "the known-answer check of heat maps on synthetic shapes",
-    "demo": "the Gradio demo of a trained model",
 }
 
 

@@ -74,7 +74,11 @@ def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> Imag
     with accelerator.main_process_first():
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
-    return decode_splits(splits, image_column, label_column, spec.decode_size, label_names)
+    data = decode_splits(splits, image_column, label_column, spec.decode_size, label_names, recipe.data.on_bad_image)
+    if data.skipped:  # data.on_bad_image=skip
+        accelerator.print(f"data: skipped {len(data.skipped)} unreadable image(s): {'; '.join(data.skipped[:3])}"
+                          + (" ..." if len(data.skipped) > 3 else ""))
+    return data
 
 
 def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData, run_dir: Path) -> dict:
@@ -184,7 +188,8 @@ def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
             "training": {"images_seen": state["images_seen"], "optimizer_steps": state["global_step"],
                          "epochs": len(state["history"]), "seconds": state["elapsed_seconds"],
                          "time_budget_spent": state["budget_spent"]},
-            "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}
+            "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test),
+                     "skipped_images": len(data.skipped), "skipped": data.skipped}}
 
 
 def _flat_hparams(recipe: Recipe) -> dict:

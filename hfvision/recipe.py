@@ -27,6 +27,7 @@ SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AUTO_AUGMENT = ("randaugment", "trivialaugment")
 TRACKERS = ("tensorboard", "none")
+BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class DataRecipe:
     image_size: Optional[int] = None  # None: the image processor's (pretrained) or model.config's (scratch)
     mean: Optional[list] = None  # None: the image processor's
     std: Optional[list] = None
+    on_bad_image: str = "error"  # an unreadable image: "error" stops naming it, "skip" drops it and reports it
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)
 
 
@@ -275,6 +277,7 @@ def validate(recipe: Recipe) -> None:
         _require(value is None or (len(value) == 3 and all(isinstance(v, (int, float)) for v in value)),
                  f"data.{key}: expected three numbers (one per RGB channel) or null, got {value}")
     _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
+    _one_of("data.on_bad_image", d.on_bad_image, BAD_IMAGE_POLICIES)
     _check_dataset_path(d.dataset)
     a = d.augment
     _require(a.random_crop_padding >= 0, f"data.augment.random_crop_padding: expected >= 0, got {a.random_crop_padding}")

@@ -174,7 +174,7 @@ def test_demo_answers_gradio_client_like_the_model(demo_app, run_dir, sample_ima
 
     app, url = demo_app
     client = Client(url, verbose=False)
-    labels, _ = client.predict(handle_file(str(sample_image)), str(run_dir), api_name="/predict")
+    labels, _ = client.predict(handle_file(str(sample_image)), api_name="/predict")  # the model is the operator's
     classifier = pipeline("image-classification", model=str(run_dir / "best"))
     assert labels["label"] == classifier(str(sample_image))[0]["label"]
 
@@ -203,3 +203,146 @@ def test_demo_in_headless_chromium(demo_app, sample_image):
         page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "demo.png").stat().st_size > 20_000
+
+
+def import_app():
+    sys.path.insert(0, str(REPO))
+    import app
+    return app
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    """root/m1 (a tiny untrained model dir) and, outside the root, outside/m (another) with root/escape -> outside/m
+    and root/dangling -> outside/missing; a sample image and a text file renamed .png."""
+    from transformers import ViTImageProcessor
+
+    from hfvision import ScratchViTConfig, ScratchViTForImageClassification
+
+    base = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = ScratchViTForImageClassification(ScratchViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)}))
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    for folder in (base / "root" / "m1", base / "outside" / "m"):
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    (base / "root" / "escape").symlink_to(base / "outside" / "m")
+    (base / "root" / "dangling").symlink_to(base / "outside" / "missing")
+    Image.fromarray(make_images(1, 40, seed=5)[0][0]).save(base / "shape.png")
+    (base / "notes.png").write_text("not an image, just a renamed text file\n")
+    return base
+
+
+def test_model_choice_stays_under_the_root_and_says_the_same_for_existing_and_missing(model_root, monkeypatch):
+    app = import_app()
+    root = model_root / "root"
+    fetched = []
+    monkeypatch.setattr("huggingface_hub.snapshot_download",
+                        lambda name, allow_patterns: fetched.append(name) or f"/hub-cache/{name}")
+    assert app.choose_model("m1", root) == str((root / "m1").resolve())
+    for existing, missing in [(str(model_root / "outside" / "m"), str(model_root / "outside" / "missing")),
+                              ("../outside/m", "../outside/missing"), ("escape", "dangling"),
+                              ("m1/../../outside/m", "m1/../../outside/missing"), ("~/.bashrc", "~/missing")]:
+        for name in (existing, missing):
+            with pytest.raises(HfvisionError) as info:
+                app.choose_model(name, root)
+            assert str(info.value) == app.NOT_ALLOWED, name
+    assert fetched == []
+    # a name that is not under the root is only ever a Hub id, even when it exists relative to the server's cwd
+    monkeypatch.chdir(REPO)
+    assert app.choose_model("tests/conftest.py", root) == "/hub-cache/tests/conftest.py"
+    assert app.choose_model("owner/model", root) == "/hub-cache/owner/model" and fetched == ["tests/conftest.py",
+                                                                                            "owner/model"]
+    with pytest.raises(HfvisionError) as info:
+        app.choose_model("a/b/c", root)  # neither under the root nor a Hub id
+    assert str(info.value) == app.NOT_ALLOWED
+
+
+def test_demo_decodes_uploads_as_the_data_path_does(model_root):
+    from hfvision.data.images import load_pixels
+
+    app = import_app()
+    upload = {"path": str(model_root / "shape.png"), "orig_name": "shape.png"}  # Gradio's payload, unprocessed
+    torch.testing.assert_close(app.image_to_tensor(upload, 32), load_pixels(model_root / "shape.png", 32), rtol=0, atol=0)
+
+
+def test_loaded_models_are_a_bounded_lru_cache(monkeypatch):
+    app = import_app()
+    loads = []
+    monkeypatch.setattr(app, "load_model_for_inference", lambda name, device: loads.append(name) or name)
+    app.load.cache_clear()
+    for name in ("a", "b", "c", "a", "d", "a", "b"):  # d evicts b (least recently used), not a
+        app.load(name)
+    assert loads == ["a", "b", "c", "d", "b"] and app.load.cache_info().currsize == app.MODEL_CACHE_SIZE == 3
+    app.load.cache_clear()
+
+
+@pytest.mark.slow
+def test_demo_model_box_refuses_paths_outside_the_root_and_keeps_serving(model_root, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    app = import_app()
+    app.load.cache_clear()
+    opened = []
+    real = app.load_model_for_inference
+    monkeypatch.setattr(app, "load_model_for_inference", lambda name, device: opened.append(name) or real(name, device))
+    demo = app.build_demo(str(model_root / "root" / "m1"), model_root / "root")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        image = handle_file(str(model_root / "shape.png"))
+        expected = client.predict(image, "m1", api_name="/predict")[0]["label"]
+        for name in (str(model_root / "outside" / "m"), str(model_root / "outside" / "missing"), "../outside/m",
+                     "../outside/missing", "escape", "dangling"):
+            with pytest.raises(Exception) as info:
+                client.predict(image, name, api_name="/predict")
+            assert str(info.value) == app.NOT_ALLOWED, name
+            assert client.predict(image, "m1", api_name="/predict")[0]["label"] == expected  # still serving
+        with pytest.raises(Exception, match="^Could not read notes.png: not an image file PIL can read; please upload"):
+            client.predict(handle_file(str(model_root / "notes.png")), "m1", api_name="/predict")
+        assert client.predict(image, "m1", api_name="/predict")[0]["label"] == expected
+        assert opened == [str((model_root / "root" / "m1").resolve())]  # nothing outside the root was opened
+    finally:
+        demo.close()
+        app.load.cache_clear()
+
+
+@pytest.mark.slow
+def test_demo_script_takes_host_and_port_from_gradio_env_and_serves_only_its_model(model_root, tmp_path):
+    import select
+    import time
+
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "HFVISION_MODEL": str(model_root / "root" / "m1"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, deadline = "", time.monotonic() + 240
+        while "Running on local URL" not in output and time.monotonic() < deadline and server.poll() is None:
+            if select.select([server.stdout], [], [], 1.0)[0]:
+                output += server.stdout.readline()
+        assert f"Running on local URL:  http://127.0.0.1:{port}" in output, output[-2000:]
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/predict"]["parameters"]
+        assert [p["parameter_name"] for p in parameters] == ["upload"]  # no model input: the operator fixed it
+        image = handle_file(str(model_root / "shape.png"))
+        expected = client.predict(image, api_name="/predict")[0]["label"]
+        with pytest.raises(Exception, match="^Could not read notes.png: not an image file PIL can read"):
+            client.predict(handle_file(str(model_root / "notes.png")), api_name="/predict")
+        assert client.predict(image, api_name="/predict")[0]["label"] == expected
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_demo_flags_need_each_other(model_root):
+    app = import_app()
+    for flags in (["--allow-model-choice"], ["--model-root", str(model_root / "root")]):
+        with pytest.raises(SystemExit, match="^error: --allow-model-choice and --model-root DIR go together$"):
+            app.main(["--model", str(model_root / "root" / "m1"), *flags])

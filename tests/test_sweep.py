@@ -1,11 +1,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from hfvision.errors import RecipeError
+from hfvision.errors import HfvisionError, RecipeError
 from hfvision.sweep import expand, parse_grid_option, run_sweep
 
 TINY = ["data.max_train_samples=96", "data.max_eval_samples=48", "train.epochs=1", "train.batch_size=32",
@@ -58,3 +59,47 @@ def test_two_by_two_sweep_makes_four_runs_one_table_and_skips_finished(tmp_path)
                              "w{hidden_size}_l{num_hidden_layers}"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("finished, skipped") == 4
+
+
+def load_sweep_script():
+    """The sweep command as ``scripts/sweep.py`` runs it, minus run_cli's printing of errors."""
+    from types import SimpleNamespace
+
+    from hfvision.commands import sweep
+
+    return SimpleNamespace(main=lambda argv: sweep.run(sweep.parse_args(argv)))
+
+
+def test_sweep_cli_takes_overrides_after_grid_options_as_in_its_docstring(tmp_path, monkeypatch, capsys):
+    import hfvision.pipeline
+
+    seen = []
+
+    def fake_fit(recipe):  # records the resolved run and leaves the metrics.json a finished run has
+        seen.append((recipe.model.config["patch_size"], recipe.model.config["num_hidden_layers"], recipe.train.epochs,
+                     recipe.output_dir))
+        out = Path(recipe.output_dir)
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "macro_f1": 0.4}, "model": {}}))
+
+    monkeypatch.setattr(hfvision.pipeline, "fit", fake_fit)
+    sweep = load_sweep_script()
+    out = tmp_path / "patch_depth"
+    # the docstring's command, word for word except the output dir
+    sweep.main(["recipes/quickstart.yaml", "--grid", "model.config.patch_size=4,8",
+                "--grid", "model.config.num_hidden_layers=1,2", f"output_dir={out}", "train.epochs=2"])
+    names = ["patch_size=4-num_hidden_layers=1", "patch_size=4-num_hidden_layers=2",
+             "patch_size=8-num_hidden_layers=1", "patch_size=8-num_hidden_layers=2"]
+    assert seen == [(4, 1, 2, str(out / names[0])), (4, 2, 2, str(out / names[1])),
+                    (8, 1, 2, str(out / names[2])), (8, 2, 2, str(out / names[3]))]
+    assert [line.split(" | ")[0] for line in (out / "comparison.md").read_text().splitlines()[2:]] == \
+        [f"| {n}" for n in names]
+    # options in between overrides and before the recipe work too; an unknown option is one line, exit 2
+    seen.clear()
+    sweep.main(["--grid", "model.config.patch_size=4", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'b'}",
+                "--name-template", "p{patch_size}", "train.epochs=3"])
+    assert [(s[0], s[2], Path(s[3]).name) for s in seen] == [(4, 3, "p4")]
+    with pytest.raises(HfvisionError) as info:  # run_cli prints it as one line and exits with 2
+        sweep.main(["recipes/quickstart.yaml", "--grdi", "model.config.patch_size=4", "train.epochs=1"])
+    assert str(info.value) == \
+        "sweep: unknown argument '--grdi'; options are --grid, --name-template, and overrides are key=value"

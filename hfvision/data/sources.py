@@ -3,21 +3,24 @@
 Sources: ``synthetic`` (built in), a local directory ``load_dataset`` reads (Parquet/Arrow, image
 folders), or a Hub dataset id. Image and label columns are found from the features (``Image`` and
 ``ClassLabel``) unless named. The validation split is carved from train with a seeded, stratified split;
-the source's test split stays untouched. Images are decoded once, to RGB uint8 (N, 3, H, W) tensors;
-resizing to the model's size, normalising and augmenting happen per batch (see ``transforms``).
+the source's test split stays untouched. Images are decoded once, each by ``images.load_rgb`` (so an
+unreadable file is caught at that image, named by its path, else by split and index), to RGB uint8
+(N, 3, H, W) tensors; resizing to the model's size, normalising and augmenting happen per batch (see
+``transforms``). ``data.on_bad_image``: ``error`` stops at the first unreadable image with one line naming it;
+``skip`` drops it and lists it in ``ImageSplit.skipped``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
-from PIL import Image as PILImage
 from torch.utils.data import DataLoader, TensorDataset
 
+from hfvision.data.images import UnreadableImage, load_rgb, resize_rgb
 from hfvision.data.synthetic import load_synthetic
 from hfvision.errors import HfvisionError
 from hfvision.recipe import DataRecipe
@@ -30,10 +33,12 @@ VAL_SPLIT_NAMES = ("validation", "valid", "val")
 
 @dataclass
 class ImageSplit:
-    """Decoded images of one split: ``pixels`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
+    """Decoded images of one split: ``pixels`` uint8 (N, 3, H, W), ``labels`` int64 (N,), and ``skipped``:
+    the images ``data.on_bad_image=skip`` dropped, each as "name: reason"."""
 
     pixels: torch.Tensor
     labels: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,6 +53,11 @@ class ImageData:
     validation: ImageSplit
     test: ImageSplit
     label_names: list[str]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every image ``data.on_bad_image=skip`` dropped, as "name: reason": train, validation, then test."""
+        return self.train.skipped + self.validation.skipped + self.test.skipped
 
 
 def load_raw(dataset: str) -> DatasetDict:
@@ -95,27 +105,38 @@ def find_columns(features, image_column: str | None, label_column: str | None) -
     return image_column, label_column
 
 
-def _to_rgb_array(image, size: int | None) -> np.ndarray:
-    if not isinstance(image, PILImage.Image):
-        image = PILImage.fromarray(np.asarray(image))
-    image = image.convert("RGB")  # grayscale, palette and RGBA images become RGB
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), PILImage.BICUBIC)
-    return np.asarray(image)
+def _image_name(value: dict, split: str, index: int) -> str:
+    """A file read from disk is named by its path; an image stored in the dataset by split and index."""
+    if value.get("bytes") is None and value.get("path"):
+        return value["path"]
+    return f"{split}[{index}]" + (f" ({value['path']})" if value.get("path") else "")
 
 
-def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | None) -> ImageSplit:
-    """Decode every image once to RGB uint8. Images of one shared size keep it; mixed sizes go to ``size``."""
-    ds = ds.cast_column(image_column, Image(decode=True))
-    images = ds[image_column]
-    arrays = [_to_rgb_array(img, None) for img in images]
+def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | None,
+                 on_bad_image: str = "error", split: str = "data") -> ImageSplit:
+    """Decode every image once to RGB uint8. Images of one shared size keep it; mixed sizes go to ``size``.
+    An unreadable image stops here (``on_bad_image="error"``) or is dropped and listed (``"skip"``)."""
+    encoded = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False))  # we decode
+    values = (value for batch in encoded.iter(batch_size=256) for value in batch[image_column])  # {"bytes", "path"}
+    arrays, kept, skipped = [], [], []
+    for index, value in enumerate(values):
+        try:
+            arrays.append(load_rgb(value, _image_name(value, split, index)))
+            kept.append(index)
+        except UnreadableImage as exc:
+            if on_bad_image == "error":
+                raise HfvisionError(f"data: unreadable image {exc} (data.on_bad_image=skip drops such images)") from None
+            skipped.append(str(exc))
+    if skipped and not arrays:
+        raise HfvisionError(f"data: all {len(skipped)} images of the {split} split are unreadable, e.g. {skipped[0]}")
     if len({a.shape for a in arrays}) > 1:
         if size is None:
             raise HfvisionError("data.image_size: images have different sizes; set data.image_size")
-        arrays = [_to_rgb_array(img, size) for img in images]
+        arrays = [resize_rgb(a, size) for a in arrays]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor(ds[label_column], dtype=torch.long)
-    return ImageSplit(pixels, labels)
+    all_labels = ds[label_column][:]  # a list (indexing the Column one item at a time is slow)
+    labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.long)
+    return ImageSplit(pixels, labels, skipped)
 
 
 def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -154,15 +175,16 @@ def split_dataset(raw: DatasetDict, recipe: DataRecipe, seed: int) -> tuple[Data
 
 
 def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,
-                  label_names: list[str]) -> ImageData:
+                  label_names: list[str], on_bad_image: str = "error") -> ImageData:
     """Decode the train/validation/test splits of ``split_dataset`` once, to uint8 tensors."""
-    decoded = {name: decode_split(ds, image_column, label_column, decode_size) for name, ds in splits.items()}
+    decoded = {name: decode_split(ds, image_column, label_column, decode_size, on_bad_image, name)
+               for name, ds in splits.items()}
     return ImageData(decoded["train"], decoded["validation"], decoded["test"], label_names)
 
 
 def load_eval_split(dataset: str, split: str, decode_size: int | None, max_samples: int | None = None,
                     image_column: str | None = None, label_column: str | None = None,
-                    seed: int = 42) -> tuple[ImageSplit, list[str]]:
+                    seed: int = 42, on_bad_image: str = "error") -> tuple[ImageSplit, list[str]]:
     """One named split of a source, for evaluating a saved model on it."""
     raw = load_raw(dataset)
     if split not in raw:
@@ -172,4 +194,5 @@ def load_eval_split(dataset: str, split: str, decode_size: int | None, max_sampl
     names = list(ds.features[label_column].names) if isinstance(ds.features[label_column], ClassLabel) else None
     if names is None:
         raise HfvisionError(f"data.label_column: '{label_column}' is not a class-label column")
-    return decode_split(_subsample(ds, max_samples, seed), image_column, label_column, decode_size), names
+    return decode_split(_subsample(ds, max_samples, seed), image_column, label_column, decode_size, on_bad_image,
+                        split), names

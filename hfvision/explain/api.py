@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import ImageSplit
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -20,16 +20,12 @@ from hfvision.spec import InputSpec
 METHODS = ("gradcam", "rollout")
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """An image file as RGB uint8 (1, 3, H, W); grayscale and RGBA are converted."""
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An image file as the data path decodes it (any mode to RGB, resized to ``size``): uint8 (1, 3, size, size)."""
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise HfvisionError(f"--image: {path} does not exist") from None
-    except (UnidentifiedImageError, OSError):
-        raise HfvisionError(f"--image: {path} is not an image PIL can read") from None
-    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+        return load_pixels(path, size)
+    except UnreadableImage as exc:
+        raise HfvisionError(f"--image: {exc}") from None
 
 
 def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradcam",

@@ -1,0 +1,134 @@
+"""One image to 8-bit RGB pixels, and one resize: the single place where pixels are made.
+
+The data sources, the explain CLI and the demo all read images through ``load_rgb`` and resize through
+``resize_rgb``, so a model is trained, explained and demoed on the same pixels.
+
+``load_rgb`` reads a file path, bytes, a ``datasets`` image value (``{"bytes", "path"}``), a PIL image or an
+array, applies the EXIF orientation (as ``datasets`` does), and converts every PIL mode to uint8 RGB:
+
+- ``I;16`` (16-bit PNG/TIFF grayscale): scaled 65535 -> 255 (PIL's own ``convert`` clips at 255 instead, so
+  almost every pixel of a 16-bit photo turns white); ``I`` (32-bit integer, the mode older Pillows give 16-bit
+  files) is read on the same 0..65535 scale, values outside clipped; ``F`` (32-bit float) is read as 0..1, clipped.
+- Transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent colour): composited onto white,
+  as transformers' ``convert_to_rgb`` does, so a transparent background is white rather than whatever colour
+  the hidden pixels happen to hold.
+- Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, 8-bit ``RGB``): PIL's ``convert("RGB")``.
+
+A file that cannot be read (missing, empty, not an image, truncated, a decompression bomb) raises
+``UnreadableImage``: one line with the image's name and the reason.
+
+``resize_rgb`` is the resize of ``BatchPreprocessor.resize_and_normalize`` (bilinear, antialiased when shrinking) rounded
+back to uint8: images resized at decode time and images resized per batch differ by at most that rounding.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from hfvision.errors import HfvisionError
+
+SIXTEEN_BIT_SCALE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class UnreadableImage(HfvisionError):
+    """An image file or value that does not decode; the message names it and says why."""
+
+
+def _open(source) -> Image.Image:
+    """A loaded PIL image from any of ``load_rgb``'s sources (``Image.open`` is lazy: ``load`` decodes)."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    if isinstance(source, dict):  # a datasets Image value with decode=False
+        source = source["bytes"] if source.get("bytes") is not None else source.get("path")
+        if source is None:
+            raise UnreadableImage("image value has neither bytes nor a path")
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise OSError("empty file")
+        image = Image.open(io.BytesIO(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError("no such file")
+        if path.stat().st_size == 0:
+            raise OSError("empty file")
+        image = Image.open(path)
+    image.load()
+    return image
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file PIL can read"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too many pixels (PIL's decompression-bomb limit)"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.removeprefix("[Errno 2] ")
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image, any mode, as uint8 (H, W, 3); see the module docstring for each mode."""
+    if image.mode in SIXTEEN_BIT_SCALE_MODES:
+        values = np.asarray(image).astype(np.float64)
+        return _gray_to_rgb(np.round(np.clip(values, 0, 65535) * (255 / 65535)).astype(np.uint8))
+    if image.mode == "F":
+        return _gray_to_rgb(np.round(np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255).astype(np.uint8))
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _describe(source) -> str:
+    """How an error names ``source``: its path when it has one."""
+    if isinstance(source, dict):
+        return str(source.get("path") or "image bytes")
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return "image"
+
+
+def load_rgb(source, name: str | None = None) -> np.ndarray:
+    """``source`` (path, bytes, datasets image value, PIL image or array) as uint8 RGB (H, W, 3).
+
+    Raises ``UnreadableImage`` naming ``name`` (default: the path, when there is one) and the reason."""
+    try:
+        image = _open(source)
+        image = ImageOps.exif_transpose(image)
+        array = to_rgb_array(image)
+    except UnreadableImage as exc:
+        raise UnreadableImage(f"{name or _describe(source)}: {exc}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
+        # PIL signals bad files with these: OSError (truncated, unidentified), SyntaxError (broken headers),
+        # ValueError/TypeError (modes or arrays it cannot convert)
+        raise UnreadableImage(f"{name or _describe(source)}: {_reason(exc)}") from None
+    return array if array.flags.writeable else array.copy()  # np.asarray of a PIL image is read-only
+
+
+def resize_rgb(array: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3): bilinear, antialiased when shrinking, as the per-batch resize."""
+    if array.shape[:2] == (size, size):
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+    return x.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
+
+
+def load_pixels(source, size: int, name: str | None = None) -> torch.Tensor:
+    """``source`` decoded and resized for a model of input ``size``: uint8 (1, 3, size, size)."""
+    array = resize_rgb(load_rgb(source, name), size)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].contiguous()
