@@ -172,7 +172,7 @@ def build_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: list[s
         built = _scratch_model(model_recipe, data, label_names)
     else:
         built = _pretrained_model(model_recipe, data, label_names)
-    apply_tuning(built.model, model_recipe.tuning)
+    built.model = apply_tuning(built.model, model_recipe.tuning, model_recipe.lora)
     return built
 
 

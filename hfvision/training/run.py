@@ -25,11 +25,12 @@ from hfvision.explain.api import per_class_grid
 from hfvision.fileio import atomic_directory, recover_interrupted, write_json_atomic
 from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import build_model
+from hfvision.models.lora import save_model
 from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
 from hfvision.training.checkpoint import TRAINER_STATE, read_trainer_state
 from hfvision.training.loop import TrainingParts, make_ema, steps_per_epoch, train_one_epoch
-from hfvision.training.optim import build_optimizer, build_scheduler
+from hfvision.training.optim import build_optimizer, build_scheduler, warn_unusual_learning_rate
 
 
 def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
@@ -57,7 +58,7 @@ def _save_model_dir(accelerator: Accelerator, model, processor, path: Path) -> N
     """``save_pretrained`` of the unwrapped model plus its image processor, atomically, on the main process."""
     if accelerator.is_main_process:
         with atomic_directory(path) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            save_model(accelerator.unwrap_model(model), tmp)  # LoRA: merged weights + adapter/
             processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
 
@@ -181,6 +182,7 @@ def fit(recipe: Recipe) -> dict:
     train = recipe.train
     _check_run_dir(run_dir, train.resume)
     accelerator = _make_accelerator(recipe, run_dir)
+    warn_unusual_learning_rate(recipe.model, recipe.train)  # one line, main process only
     set_seed(recipe.seed)
     built, data, trainable = _load_data_and_model(recipe, accelerator)
 
