@@ -147,7 +147,7 @@ def _from_pretrained(path: str, config) -> PreTrainedModel:
     try:
         return AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:  # architectures without an SDPA path
-        if "sdpa" not in str(exc).lower():
+        if "sdpa" not in str(exc).lower() and "scaled_dot_product_attention" not in str(exc):
             raise
         return AutoModelForImageClassification.from_pretrained(path, **kwargs)
 

@@ -5,7 +5,7 @@ neither keeps its own list.
 Depth follows BEiT (Bao et al. 2022, arXiv:2106.08254, ``optim_factory.get_layer_id_for_vit``) as timm's
 ``param_groups_layer_decay`` does: the embeddings are layer 0, block ``i`` (counted over all stages for Swin)
 is layer ``i + 1``, and the final norm and head are layer ``L + 1``. For timm models, timm's own
-``group_matcher`` decides the groups (its last group, the head, is the top layer).
+``group_matcher`` decides the groups (the final norm joins the last block there; the head is the top layer).
 
 Module and parameter names are those of the plain transformers model (transformers 5.x: ``vit.layers.N`` with
 ``q_proj``/``v_proj``; 4.x's ``vit.encoder.layer.N`` is accepted for depth too).
