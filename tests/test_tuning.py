@@ -211,7 +211,7 @@ def test_fit_warns_once_at_start(tmp_path, caplog, tiny_pretrained_dirs):
                  "train.learning_rate": 2e-5, "data.max_train_samples": 64, "data.max_eval_samples": 32}
     with caplog.at_level(logging.WARNING, logger="hfvision"):
         fit(load_recipe(None, tiny_recipe_overrides(tmp_path / "warned", **overrides)))
-    assert [r.getMessage()[:40] for r in caplog.records if r.name == "hfvision"] == [
+    assert [r.getMessage()[:41] for r in caplog.records if r.name == "hfvision"] == [
         "warning: train.learning_rate 2e-05 is low"]
 
 
