@@ -258,3 +258,19 @@ def test_data_classes_recipe_values(value):
     with pytest.raises(RecipeError, match="data.classes"):
         load_recipe(None, [f"data.classes={value}"])
     assert load_recipe(None, ["data.classes=[dog, 3]"]).data.classes == ["dog", 3]
+
+
+def test_a_checkpoint_with_other_classes_of_the_same_count_gets_a_new_head(tmp_path):
+    """The transfer study's case: 5 new classes after 5 old ones; from_pretrained alone would keep the old head."""
+    from transformers import ViTImageProcessor
+
+    from hfvision.models.factory import build_model
+
+    old = ScratchViTForImageClassification(ScratchViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                            id2label={0: "cat", 1: "dog"}))
+    old.save_pretrained(tmp_path)
+    ViTImageProcessor().save_pretrained(tmp_path)
+    for labels, same_head in ((["fish", "bird"], False), (["cat", "dog"], True)):
+        new = build_model(ModelRecipe(name=str(tmp_path)), DataRecipe(), labels).model
+        assert torch.equal(new.classifier.weight, old.classifier.weight) is same_head
+        assert torch.equal(new.vit.blocks[0].attn.qkv.weight, old.vit.blocks[0].attn.qkv.weight)

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -29,7 +30,7 @@ import hfvision  # noqa: F401  (registers the scratch families with the Auto cla
 from hfvision.errors import HfvisionError
 from hfvision.models.resnet_cifar import ResNetCifarConfig, ResNetCifarForImageClassification
 from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
-from hfvision.models.tuning import apply_tuning
+from hfvision.models.tuning import apply_tuning, find_classifier
 from hfvision.normalization import Normalization
 from hfvision.recipe import DataRecipe, ModelRecipe
 
@@ -122,6 +123,7 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
     path = resolve_model_path(model_recipe.name)
     try:
         config = AutoConfig.from_pretrained(path)
+        saved_labels = dict(config.id2label)
         for key, value in model_recipe.config.items():
             if not hasattr(config, key):
                 raise HfvisionError(f"unknown key 'model.config.{key}' for {config.model_type} checkpoints")
@@ -130,6 +132,8 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
         config.id2label = dict(enumerate(label_names))
         config.label2id = {name: i for i, name in enumerate(label_names)}
         model = _from_pretrained(path, config)
+        if saved_labels != config.id2label:  # other classes: a new head, even where the shapes match
+            _reset_classifier(model)
         processor = AutoImageProcessor.from_pretrained(path)
     except HfvisionError:
         raise
@@ -140,6 +144,14 @@ def _pretrained_model(model_recipe: ModelRecipe, data: DataRecipe, label_names: 
     norm = _normalization(data.image_size or norm.size, data.mean or norm.mean, data.std or norm.std)
     processor = _set_processor_normalization(processor, norm, model)
     return BuiltModel(model, processor, norm)
+
+
+def _reset_classifier(model: PreTrainedModel) -> None:
+    """Fresh weights for the head's linear layers (``from_pretrained`` re-initialises a head only on a shape
+    mismatch, so 5 new classes after 5 old ones would inherit the old head)."""
+    for module in find_classifier(model).modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
 
 
 def _from_pretrained(path: str, config) -> PreTrainedModel:
