@@ -143,7 +143,8 @@ def benchmark_tuning_modes(batch_size: int, steps: int, device, out: Path) -> li
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning_modes.json").write_text(json.dumps({"environment": env, "batch_size": batch_size, "steps": steps,
                                                        "rows": rows}, indent=2))
-    table = to_markdown([{**row, "trainable %": f"{row['trainable %']:.3f}"} for row in rows], header)
+    table = to_markdown([{**row, "trainable %": f"{row['trainable %']:.3f}",
+                          "train images / s": f"{row['train images / s']:.2f}"} for row in rows], header)
     (out / "tuning_modes.md").write_text(table)
     print(table)
     return rows
