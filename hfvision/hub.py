@@ -67,8 +67,8 @@ def _card_body(recipe: dict, metrics: dict, repo_id: str | None) -> str:
         f"| accuracy | {test['accuracy']:.4f} |", f"| top-5 accuracy | {test['top5_accuracy']:.4f} |",
         f"| macro F1 | {test['macro_f1']:.4f} |", f"| test images | {test['num_samples']} |",
         f"| parameters | {profile['parameters']:,} |",
-        f"| trainable parameters ({model['tuning']} tuning) | {profile['trainable_parameters']:,} "
-        f"({100 * profile['trainable_share']:.2f}%) |",
+        (f"| trainable parameters ({model['tuning']} tuning) | {profile['trainable_parameters']:,} "
+         f"({100 * profile['trainable_share']:.2f}%) |"),
         f"| FLOPs per image | {profile['flops_per_image']:,} |",
         f"| inference ms per batch of {timing['latency_batch_size']} ({timing['device']}) | "
         f"{timing['inference_ms_per_batch']:.2f} |", "",
@@ -86,10 +86,11 @@ def _lora_note(model: dict) -> list[str]:
     if model["tuning"] != "lora":
         return []
     lora = model["lora"]
-    return [f"The weights are merged from a LoRA fine-tune (r={lora['r']}, alpha={lora['alpha']:g}, targets "
+    note = (f"The weights are merged from a LoRA fine-tune (r={lora['r']}, alpha={lora['alpha']:g}, targets "
             f"{lora['target_modules'] or 'the family default'}) of `{model['name']}`; the adapter alone is in "
             "`adapter/` (`PeftModel.from_pretrained(base_model, \"adapter\")`, with the base's head sized for "
-            "these labels).", ""]
+            "these labels).")
+    return [note, ""]
 
 
 def write_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:

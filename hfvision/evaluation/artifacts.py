@@ -67,8 +67,8 @@ def render_report(recipe, metrics: dict) -> str:
     lines += ["## Model and cost", "", "| quantity | value |", "| --- | --- |",
               f"| model type | {model['model_type']} |", f"| tuning | {model['tuning']} |",
               f"| parameters | {_fmt_int(model['parameters'])} |",
-              f"| trainable parameters | {_fmt_int(model['trainable_parameters'])} "
-              f"({100 * model['trainable_share']:.2f}% of the saved model's) |",
+              (f"| trainable parameters | {_fmt_int(model['trainable_parameters'])} "
+               f"({100 * model['trainable_share']:.2f}% of the saved model's) |"),
               f"| FLOPs per image | {_fmt_int(model['flops_per_image'])} |",
               f"| MACs per image | {_fmt_int(model['macs_per_image'])} |",
               f"| input size | {model['image_size']} |",

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from timm.models import group_parameters
 from torch import nn
 
 
@@ -69,8 +70,6 @@ def _swin_depths(model: nn.Module) -> dict[str, int]:
 
 
 def _timm_depths(model: nn.Module) -> dict[str, int]:
-    from timm.models import group_parameters
-
     timm_model = model.timm_model
     groups = group_parameters(timm_model, timm_model.group_matcher(coarse=False), reverse=True)
     return {f"timm_model.{name}": depth for name, depth in groups.items()}
