@@ -62,10 +62,14 @@ def _card_body(recipe: dict, metrics: dict, repo_id: str | None) -> str:
         "",
         "## Use", "", "```python", "from transformers import pipeline", "",
         f"classifier = pipeline({pipeline_args})", 'print(classifier("image.png"))', "```", "",
+        *_lora_note(model),
         "## Results (test split)", "", "| metric | value |", "| --- | --- |",
         f"| accuracy | {test['accuracy']:.4f} |", f"| top-5 accuracy | {test['top5_accuracy']:.4f} |",
         f"| macro F1 | {test['macro_f1']:.4f} |", f"| test images | {test['num_samples']} |",
-        f"| parameters | {profile['parameters']:,} |", f"| FLOPs per image | {profile['flops_per_image']:,} |",
+        f"| parameters | {profile['parameters']:,} |",
+        (f"| trainable parameters ({model['tuning']} tuning) | {profile['trainable_parameters']:,} "
+         f"({100 * profile['trainable_share']:.2f}%) |"),
+        f"| FLOPs per image | {profile['flops_per_image']:,} |",
         f"| inference ms per batch of {timing['latency_batch_size']} ({timing['device']}) | "
         f"{timing['inference_ms_per_batch']:.2f} |", "",
         "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
@@ -75,6 +79,18 @@ def _card_body(recipe: dict, metrics: dict, repo_id: str | None) -> str:
     lines += ["", "![training curves](curves.png)", "", "![confusion matrix](confusion_matrix.png)", "",
               "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _lora_note(model: dict) -> list[str]:
+    """For LoRA runs: the weights here are merged; the adapter itself is in ``adapter/``."""
+    if model["tuning"] != "lora":
+        return []
+    lora = model["lora"]
+    note = (f"The weights are merged from a LoRA fine-tune (r={lora['r']}, alpha={lora['alpha']:g}, targets "
+            f"{lora['target_modules'] or 'the family default'}) of `{model['name']}`; the adapter alone is in "
+            "`adapter/` (`PeftModel.from_pretrained(base_model, \"adapter\")`, with the base's head sized for "
+            "these labels).")
+    return [note, ""]
 
 
 def write_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:

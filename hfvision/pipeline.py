@@ -37,7 +37,7 @@ from hfvision.recipe import Recipe
 from hfvision.run_dir import prepare_run_dir
 from hfvision.spec import InputSpec
 from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
-from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler
+from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler, warn_unusual_learning_rate
 from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
 
 
@@ -45,6 +45,7 @@ def fit(recipe: Recipe) -> dict:
     """Train per the recipe, evaluate ``best/`` on the test split, explain, share. Returns the metrics."""
     run_dir = prepare_run_dir(recipe)
     accelerator = _make_accelerator(recipe, run_dir)
+    warn_unusual_learning_rate(recipe.model, recipe.train)  # one line, main process only
     set_seed(recipe.seed)
     spec = resolve_input_spec(recipe.model, recipe.data)
     data = load_data(recipe, spec, accelerator)

@@ -21,7 +21,7 @@ import yaml
 
 from hfvision.errors import RecipeError
 
-TUNING_STRATEGIES = ("full", "head_only", "head_and_last_stage")
+TUNING_STRATEGIES = ("full", "head_only", "head_and_last_stage", "lora")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -31,12 +31,23 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 @dataclass
+class LoraRecipe:
+    """LoRA adapters (``model.tuning: lora``); defaults as in peft's image-classification guide."""
+
+    r: int = 16  # rank of the update
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.1  # on the adapter's input
+    target_modules: Optional[list] = None  # module-name suffixes; None: the family's (hfvision/models/families.py)
+
+
+@dataclass
 class ModelRecipe:
     # Hub id, local checkpoint dir, run dir, or a built-in family: scratch_vit, scratch_swin, resnet18_cifar.
     name: str = "scratch_vit"
-    tuning: str = "full"
+    tuning: str = "full"  # full | head_only | head_and_last_stage | lora
     # Architecture fields for scratch families; for pretrained checkpoints, config attributes to override.
     config: dict = field(default_factory=dict)
+    lora: LoraRecipe = field(default_factory=LoraRecipe)
 
 
 @dataclass
@@ -60,6 +71,7 @@ class DataRecipe:
     mean: Optional[list] = None  # None: the image processor's
     std: Optional[list] = None
     on_bad_image: str = "error"  # an unreadable image: "error" stops naming it, "skip" drops it and reports it
+    classes: Optional[list] = None  # train on these classes only (names or ids), re-indexed in this order
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)
 
 
@@ -89,6 +101,8 @@ class TrainRecipe:
     # fit, training stops when it is spent, then best/ is evaluated; train.epochs is the upper bound.
     time_budget_minutes: Optional[float] = None
     report_to: str = "tensorboard"
+    layer_decay: Optional[float] = None  # layer-wise LR decay: layer i of L gets lr * layer_decay ** (L + 1 - i)
+    allow_unusual_lr: bool = False  # silence the warning about learning rates that rarely suit the tuning mode
 
 
 @dataclass
@@ -267,6 +281,7 @@ def _one_of(key: str, value, allowed) -> None:
 def validate(recipe: Recipe) -> None:
     m, d, t, e, h = recipe.model, recipe.data, recipe.train, recipe.eval, recipe.hub
     _one_of("model.tuning", m.tuning, TUNING_STRATEGIES)
+    _validate_lora(m)
     _require(bool(m.name), "model.name: expected a Hub id, a local dir or a built-in family")
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction: expected a number in (0, 1), got {d.val_fraction}")
     for key in ("max_train_samples", "max_eval_samples", "image_size"):
@@ -279,6 +294,7 @@ def validate(recipe: Recipe) -> None:
     _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
     _one_of("data.on_bad_image", d.on_bad_image, BAD_IMAGE_POLICIES)
     _check_dataset_path(d.dataset)
+    _validate_classes(d.classes)
     a = d.augment
     _require(a.random_crop_padding >= 0, f"data.augment.random_crop_padding: expected >= 0, got {a.random_crop_padding}")
     _require(a.auto_augment is None or a.auto_augment in AUTO_AUGMENT,
@@ -311,6 +327,8 @@ def validate(recipe: Recipe) -> None:
              f"train.checkpoint_every_minutes: expected a positive number or null, got {t.checkpoint_every_minutes}")
     _require(t.time_budget_minutes is None or t.time_budget_minutes > 0,
              f"train.time_budget_minutes: expected a positive number or null, got {t.time_budget_minutes}")
+    _require(t.layer_decay is None or 0 < t.layer_decay <= 1,
+             f"train.layer_decay: expected a number in (0, 1] or null, got {t.layer_decay}")
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
@@ -319,6 +337,27 @@ def validate(recipe: Recipe) -> None:
         _require(isinstance(values, list) and len(values) > 0, f"sweep.grid.{key}: expected a non-empty list of values")
     for name, changes in recipe.sweep.variants.items():
         _require(isinstance(changes, dict), f"sweep.variants.{name}: expected a mapping of dotted keys to values")
+
+
+def _validate_lora(m: ModelRecipe) -> None:
+    lora = m.lora
+    _require(m.tuning == "lora" or lora == LoraRecipe(),
+             f"model.lora: only used with model.tuning: lora (model.tuning is {m.tuning})")
+    _require(lora.r >= 1, f"model.lora.r: expected a positive integer, got {lora.r}")
+    _require(lora.alpha > 0, f"model.lora.alpha: expected a positive number, got {lora.alpha}")
+    _require(0 <= lora.dropout < 1, f"model.lora.dropout: expected a number in [0, 1), got {lora.dropout}")
+    targets = lora.target_modules
+    _require(targets is None or (len(targets) > 0 and all(isinstance(t, str) and t for t in targets)),
+             f"model.lora.target_modules: expected a non-empty list of module names or null, got {targets}")
+
+
+def _validate_classes(classes: list | None) -> None:
+    if classes is None:
+        return
+    _require(len(classes) >= 2 and all(isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+                                       for c in classes),
+             f"data.classes: expected a list of at least two class names or ids (integers >= 0), got {classes}")
+    _require(len(set(classes)) == len(classes), f"data.classes: a class is listed twice in {classes}")
 
 
 def _check_dataset_path(dataset: str) -> None:

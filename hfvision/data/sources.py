@@ -145,24 +145,59 @@ def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     return ds.shuffle(seed=seed).select(range(limit))
 
 
+def class_ids(classes: list, names: list[str]) -> list[int]:
+    """``data.classes`` (names or ids, in the order given) as ids of ``names``."""
+    ids = []
+    for item in classes:
+        if isinstance(item, str):
+            if item not in names:
+                raise HfvisionError(f"data.classes: '{item}' is not a class of the dataset; classes are {', '.join(names)}")
+            ids.append(names.index(item))
+        elif not 0 <= item < len(names):
+            raise HfvisionError(f"data.classes: id {item} is out of range; the dataset has {len(names)} classes (0 to "
+                                f"{len(names) - 1})")
+        else:
+            ids.append(item)
+    if len(set(ids)) != len(ids):
+        raise HfvisionError(f"data.classes: {classes} names a class twice (by name and by id)")
+    return ids
+
+
+def select_classes(ds: Dataset, label_column: str, ids: list[int], names: list[str]) -> Dataset:
+    """The rows whose label is one of ``ids``, relabelled ``0..len(ids)-1`` in that order, with their names."""
+    new_label = {old: new for new, old in enumerate(ids)}
+    ds = ds.filter(lambda labels: [label in new_label for label in labels], input_columns=label_column, batched=True)
+    features = ds.features.copy()
+    features[label_column] = ClassLabel(names=[names[i] for i in ids])
+    return ds.map(lambda labels: {label_column: [new_label[label] for label in labels]}, input_columns=label_column,
+                  batched=True, features=features)
+
+
 def split_dataset(raw: DatasetDict, recipe: DataRecipe, seed: int) -> tuple[DatasetDict, str, str, list[str]]:
-    """Pick train/test, carve a stratified validation split, apply the sample limits."""
+    """Pick train/test, keep ``data.classes`` (re-indexed), carve a stratified validation split, apply the
+    sample limits."""
     if "train" not in raw:
         raise HfvisionError(f"data.dataset: '{recipe.dataset}' has no train split (has {', '.join(raw)})")
     image_column, label_column = find_columns(raw["train"].features, recipe.image_column, recipe.label_column)
     train = raw["train"]
     if not isinstance(train.features[label_column], ClassLabel):
         train = train.class_encode_column(label_column)
-    label_feature = train.features[label_column]
+    label_names = list(train.features[label_column].names)
     test_name = next((n for n in TEST_SPLIT_NAMES if n in raw), None)
     val_name = next((n for n in VAL_SPLIT_NAMES if n in raw), None)
+    given = {name: raw[name] for name in (val_name, test_name) if name is not None}  # the source's own splits
+    if recipe.classes is not None:
+        ids = class_ids(recipe.classes, label_names)
+        train = select_classes(train, label_column, ids, label_names)
+        given = {name: select_classes(ds, label_column, ids, label_names) for name, ds in given.items()}
+        label_names = [label_names[i] for i in ids]
     if val_name is not None:
-        validation = raw[val_name]
+        validation = given[val_name]
     else:
         parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed)
         train, validation = parts["train"], parts["test"]
     if test_name is not None:
-        test = raw[test_name]
+        test = given[test_name]
     else:  # no official test split (e.g. one image folder): hold out the same fraction, stratified
         parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed + 1)
         train, test = parts["train"], parts["test"]
@@ -171,7 +206,7 @@ def split_dataset(raw: DatasetDict, recipe: DataRecipe, seed: int) -> tuple[Data
         "validation": _subsample(validation, recipe.max_eval_samples, seed),
         "test": _subsample(test, recipe.max_eval_samples, seed),
     })
-    return splits, image_column, label_column, list(label_feature.names)
+    return splits, image_column, label_column, label_names
 
 
 def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,

@@ -26,7 +26,7 @@ def write_run_artifacts(run_dir: Path, recipe, metrics: dict, model, image_size:
     """Complete ``metrics`` with model cost and timing, write every run file, return the completed metrics."""
     profile = model_profile(model, image_size)
     profile.update(name=recipe.model.name, tuning=recipe.model.tuning, model_type=model.config.model_type,
-                   trainable_parameters=trainable)
+                   trainable_parameters=trainable, trainable_share=trainable / profile["parameters"])
     _add_training_flops(metrics, profile["flops_per_image"])
     metrics = {**metrics, "model": profile,
                "timing": _timing(model, image_size, metrics["history"], recipe.eval.latency_batch_size),
@@ -83,7 +83,8 @@ def render_report(recipe, metrics: dict) -> str:
     lines += ["## Model and cost", "", "| quantity | value |", "| --- | --- |",
               f"| model type | {model['model_type']} |", f"| tuning | {model['tuning']} |",
               f"| parameters | {_fmt_int(model['parameters'])} |",
-              f"| trainable parameters | {_fmt_int(model['trainable_parameters'])} |",
+              (f"| trainable parameters | {_fmt_int(model['trainable_parameters'])} "
+               f"({100 * model['trainable_share']:.2f}% of the saved model's) |"),
               f"| FLOPs per image | {_fmt_int(model['flops_per_image'])} |",
               f"| MACs per image | {_fmt_int(model['macs_per_image'])} |",
               f"| input size | {model['image_size']} |",

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -26,7 +27,7 @@ from transformers import (
 import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
 from hfvision.errors import HfvisionError, RecipeError
 from hfvision.models.families import BUILT_IN, BUILT_IN_MEAN, BUILT_IN_STD
-from hfvision.models.tuning import apply_tuning
+from hfvision.models.tuning import apply_tuning, find_classifier
 from hfvision.recipe import DataRecipe, ModelRecipe
 from hfvision.spec import InputSpec, input_spec
 
@@ -126,6 +127,7 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
     path = resolve_model_path(model_recipe.name)
     try:
         config = AutoConfig.from_pretrained(path)
+        saved_labels = dict(config.id2label)
         for key, value in model_recipe.config.items():
             if not hasattr(config, key):
                 raise HfvisionError(f"unknown key 'model.config.{key}' for {config.model_type} checkpoints")
@@ -133,6 +135,8 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
         for key, value in _label_maps(label_names).items():
             setattr(config, key, value)
         model = _from_pretrained(path, config)
+        if saved_labels != config.id2label:  # other classes: a new head, even where the shapes match
+            _reset_classifier(model)
         processor = AutoImageProcessor.from_pretrained(path)
     except HfvisionError:
         raise
@@ -142,12 +146,20 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
     return BuiltModel(model, _describe_input(processor, spec, model), spec)
 
 
+def _reset_classifier(model: PreTrainedModel) -> None:
+    """Fresh weights for the head's linear layers (``from_pretrained`` re-initialises a head only on a shape
+    mismatch, so 5 new classes after 5 old ones would inherit the old head)."""
+    for module in find_classifier(model).modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+
+
 def _from_pretrained(path: str, config) -> PreTrainedModel:
     kwargs = dict(config=config, ignore_mismatched_sizes=True)
     try:
         return AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:  # architectures without an SDPA path
-        if "sdpa" not in str(exc).lower():
+        if "sdpa" not in str(exc).lower() and "scaled_dot_product_attention" not in str(exc):
             raise
         return AutoModelForImageClassification.from_pretrained(path, **kwargs)
 
@@ -172,7 +184,7 @@ def build_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: list[st
         built = _built_in_model(model_recipe, spec, label_names)
     else:
         built = _pretrained_model(model_recipe, spec, label_names)
-    apply_tuning(built.model, model_recipe.tuning)
+    built.model = apply_tuning(built.model, model_recipe.tuning, model_recipe.lora)
     return built
 
 

@@ -2,7 +2,8 @@
 
 - ``full``: everything;
 - ``head_only``: the classifier alone, the backbone frozen (linear probing);
-- ``head_and_last_stage``: the classifier, the last encoder block/stage and the final norm.
+- ``head_and_last_stage``: the classifier, the last encoder block/stage and the final norm;
+- ``lora``: low-rank adapters on the attention projections plus the classifier (``hfvision.models.lora``).
 
 Heads and stages are found by probing the module tree, not by hard-coded paths, because module names
 differ across families and transformers versions (``vit.encoder.layer`` in 4.x, ``vit.layers`` in 5.x).
@@ -11,6 +12,8 @@ differ across families and transformers versions (``vit.encoder.layer`` in 4.x, 
 from __future__ import annotations
 
 from torch import nn
+
+from hfvision.recipe import LoraRecipe
 
 NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm2d)
 
@@ -28,6 +31,12 @@ def find_classifier(model: nn.Module) -> nn.Module:
     if not linears:
         raise ValueError(f"{type(model).__name__}: no classification head found")
     return linears[-1]
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The qualified module name of :func:`find_classifier`'s head (e.g. ``classifier``, ``timm_model.head.fc``)."""
+    classifier = find_classifier(model)
+    return next(name for name, module in model.named_modules() if module is classifier)
 
 
 def find_stages(model: nn.Module) -> tuple[str, nn.Module]:
@@ -58,17 +67,24 @@ def trainable_modules(model: nn.Module, strategy: str) -> list[nn.Module]:
         stages_name, stages = find_stages(model)
         norm = find_final_norm(model, stages_name, classifier)
         return [classifier, stages[-1]] + ([norm] if norm is not None else [])
-    raise ValueError(f"model.tuning: '{strategy}' is not one of full, head_only, head_and_last_stage")
+    raise ValueError(f"model.tuning: '{strategy}' is not one of full, head_only, head_and_last_stage, lora")
 
 
-def apply_tuning(model: nn.Module, strategy: str) -> None:
-    """Set ``requires_grad`` per strategy; frozen parameters keep their values bit for bit."""
+def apply_tuning(model: nn.Module, strategy: str, lora: LoraRecipe | None = None) -> nn.Module:
+    """Set ``requires_grad`` per strategy and return the model to train: ``model`` itself, or for ``lora`` a
+    ``PeftModel`` around it. Frozen parameters keep their values bit for bit."""
     if strategy == "full":
         model.requires_grad_(True)
-        return
+        return model
+    if strategy == "lora":
+        # imported here: lora reads the family registry, which itself reads this module's helpers
+        from hfvision.models.lora import add_lora
+
+        return add_lora(model, lora or LoraRecipe(), classifier_name(model))
     model.requires_grad_(False)
     for module in trainable_modules(model, strategy):
         module.requires_grad_(True)
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from hfvision.fileio import atomic_directory, commit_staged, staging_path, write_json_atomic
+from hfvision.models.lora import save_model
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -54,6 +55,6 @@ def save_model_dir(accelerator: Accelerator, model, image_processor, path: Path)
     """``save_pretrained`` of the unwrapped model plus its image processor, atomically, on the main process."""
     if accelerator.is_main_process:
         with atomic_directory(path) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            save_model(accelerator.unwrap_model(model), tmp)  # a LoRA model: merged weights + adapter/
             image_processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
