@@ -27,6 +27,8 @@ SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AUTO_AUGMENT = ("randaugment", "trivialaugment")
 TRACKERS = ("tensorboard", "none")
+FEATURE_CACHE_MODES = ("auto", "on", "off")
+ON_OFF_KEYS = ("train.feature_cache",)  # YAML 1.1 reads the words on/off as booleans
 
 
 @dataclass
@@ -59,6 +61,9 @@ class DataRecipe:
     mean: Optional[list] = None  # None: the image processor's
     std: Optional[list] = None
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)
+    # With train.feature_cache and a random train-time augmentation: cache this many augmented views per
+    # training image, one per epoch in turn. None: no views (the cache is then used only when it is exact).
+    cached_views: Optional[int] = None
 
 
 @dataclass
@@ -87,6 +92,9 @@ class TrainRecipe:
     # fit, training stops when it is spent, then best/ is evaluated; train.epochs is the upper bound.
     time_budget_minutes: Optional[float] = None
     report_to: str = "tensorboard"
+    # Head-only runs: train the classifier on the frozen part's output, computed once per split and cached on
+    # disk. auto: when that is exact (no random train-time augmentation) or data.cached_views is set.
+    feature_cache: str = "auto"
 
 
 @dataclass
@@ -160,6 +168,8 @@ def _coerce(value, tp, key: str):
             return float(value)
         except ValueError:
             pass
+    if origin is str and isinstance(value, bool) and key in ON_OFF_KEYS:
+        return "on" if value else "off"
     if origin is int and isinstance(value, bool):
         raise RecipeError(f"{key}: expected an integer, got {value!r}")
     if origin is list and isinstance(value, (list, tuple)):
@@ -308,6 +318,7 @@ def validate(recipe: Recipe) -> None:
              f"train.checkpoint_every_minutes: expected a positive number or null, got {t.checkpoint_every_minutes}")
     _require(t.time_budget_minutes is None or t.time_budget_minutes > 0,
              f"train.time_budget_minutes: expected a positive number or null, got {t.time_budget_minutes}")
+    _validate_feature_cache(recipe)
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
@@ -316,6 +327,37 @@ def validate(recipe: Recipe) -> None:
         _require(isinstance(values, list) and len(values) > 0, f"sweep.grid.{key}: expected a non-empty list of values")
     for name, changes in recipe.sweep.variants.items():
         _require(isinstance(changes, dict), f"sweep.variants.{name}: expected a mapping of dotted keys to values")
+
+
+def random_train_augmentations(augment: AugmentRecipe) -> list[str]:
+    """The recipe's random train-time augmentations that act on single images, by name."""
+    names = [("random crop", augment.random_crop_padding > 0), ("horizontal flip", augment.horizontal_flip),
+             (augment.auto_augment, augment.auto_augment is not None)]
+    return [name for name, active in names if active]
+
+
+def _validate_feature_cache(recipe: Recipe) -> None:
+    mode, views, augment = recipe.train.feature_cache, recipe.data.cached_views, recipe.data.augment
+    _one_of("train.feature_cache", mode, FEATURE_CACHE_MODES)
+    _require(views is None or views >= 1, f"data.cached_views: expected a positive integer or null, got {views}")
+    if mode == "off":
+        _require(views is None, "data.cached_views: only used with the feature cache; remove it or set "
+                                "train.feature_cache: auto")
+        return
+    if views is not None or mode == "on":
+        _require(recipe.model.tuning == "head_only", f"train.feature_cache: caches the frozen backbone of "
+                 f"model.tuning: head_only runs, not {recipe.model.tuning}")
+        _require(augment.mixup_alpha == 0 and augment.cutmix_alpha == 0,
+                 "train.feature_cache: mixup/cutmix mix pixels within a batch, which cached features cannot "
+                 "do; set data.augment.mixup_alpha and cutmix_alpha to 0 or train.feature_cache: off")
+    if views is not None:
+        _require(bool(random_train_augmentations(augment)),
+                 "data.cached_views: there is no random train-time augmentation to vary between views; remove it")
+    elif mode == "on":
+        _require(not random_train_augmentations(augment),
+                 f"train.feature_cache: on with random train-time augmentation "
+                 f"({', '.join(random_train_augmentations(augment))}) needs data.cached_views: K (K augmented "
+                 f"views per image), or switch the augmentation off")
 
 
 def _check_dataset_path(dataset: str) -> None:
