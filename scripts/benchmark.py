@@ -1,14 +1,27 @@
-"""Speed and size of model families: parameters, FLOPs per image, inference latency and training throughput.
+"""Speed of hfvision, measured side by side with the usual way, and the size and speed of model families.
 
-    python scripts/benchmark.py                          # the default set, on this machine's device
-    python scripts/benchmark.py --recipe recipes/vit_scratch_cifar10.yaml --batch-size 128
+    python scripts/benchmark.py                  # the four comparisons below, in one process (~15 min on 2 CPU cores)
+    python scripts/benchmark.py --train-step --input-pipeline        # just these
+    python scripts/benchmark.py --families       # parameters, FLOPs, latency, throughput of the shipped recipes
+    python scripts/benchmark.py --families --recipe recipes/vit_scratch_cifar10.yaml --batch-size 128
 
-Results go to benchmarks/<device>.json and .md (the README summarises them). Targets live here, never in tests.
+Comparisons (each a ratio with the absolute numbers beside it; implementations alternate A B A B in one process
+and the median is reported, because the machine may be shared):
+  --train-step      ScratchViT vs timm VisionTransformer vs transformers ViTForImageClassification, same shapes
+  --end-to-end      one epoch on real CIFAR-10: hfvision vs transformers' no_trainer example way
+  --head-only       10 head-only epochs of a ViT-B/32-shaped backbone at 224 px with and without the feature cache
+  --input-pipeline  crop/flip/resize/normalise: hfvision's batched path vs per-sample torchvision transforms
+
+Results go to benchmarks/<name>_<device>.json and .md (the README summarises them). Targets live here, never in
+tests.
 """
 
 import argparse
 import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +37,8 @@ from hfvision.models.factory import build_model, resolve_input_spec  # noqa: E40
 from hfvision.recipe import load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEFAULT_RECIPES = {
     "quickstart ScratchViT": (REPO / "recipes/quickstart.yaml", []),
     "CPU-budget ScratchViT": (REPO / "recipes/studies/cpu_budget_cifar10/vit.yaml", ["data.dataset=synthetic"]),
@@ -86,27 +101,301 @@ def to_markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", action="append", type=Path, help="benchmark these recipes' models instead")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
+def families_benchmark(args, device, env) -> None:
+    """Parameters, FLOPs, latency and training throughput of the shipped recipes' models (``--families``)."""
     specs = {p.stem: (p.resolve(), ["data.dataset=synthetic"]) for p in args.recipe} if args.recipe else DEFAULT_RECIPES
     rows = [benchmark(name, path, overrides, args.batch_size, args.steps, device) for name, (path, overrides) in specs.items()]
-    env = environment()
-    hardware = env["gpu"] or f"{env['cpu']} CPU x {env['cpu_count']} (torch threads {torch.get_num_threads()})"
-    header = (f"# Benchmark on {hardware}, batch {args.batch_size}, {time.strftime('%Y-%m-%d')}, torch "
+    header = (f"# Benchmark on {hardware(env)}, batch {args.batch_size}, {time.strftime('%Y-%m-%d')}, torch "
               f"{env['packages']['torch']}, transformers {env['packages']['transformers']}; median of 10 timed "
               f"inference batches after 3 warm-up, training over {args.steps} steps after 1 warm-up")
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device.type == "cuda" else "cpu"
     (args.out / f"{tag}.json").write_text(json.dumps({"environment": env, "batch_size": args.batch_size, "rows": rows}, indent=2))
     (args.out / f"{tag}.md").write_text(to_markdown(rows, header))
     print(to_markdown(rows, header))
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparisons: shared helpers
+
+
+def hardware(env: dict) -> str:
+    return env["gpu"] or f"{env['cpu']} CPU x {env['cpu_count']} (torch threads {torch.get_num_threads()})"
+
+
+def write_comparison(args, device, env: dict, name: str, title: str, notes: list[str], table: str, data: dict) -> None:
+    """``benchmarks/<name>_<cpu|gpu>.md`` (header, notes, table) and ``.json`` (environment and every number)."""
+    import torchvision
+
+    versions = ", ".join(f"{k} {v}" for k, v in {**env["packages"], "torchvision": torchvision.__version__}.items() if v)
+    date = time.strftime("%Y-%m-%d %H:%M")
+    text = (f"# {title}\n\n{hardware(env)}; {date}; Python {env['python']}, {versions}; git {env['git_sha']}.\n"
+            f"Command: `python scripts/benchmark.py {' '.join(args.argv)}`\n\n" + "".join(f"- {n}\n" for n in notes)
+            + "\n" + table)
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}_{tag}.md").write_text(text)
+    (args.out / f"{name}_{tag}.json").write_text(json.dumps(
+        {"title": title, "date": date, "command": ["scripts/benchmark.py", *args.argv], "environment": env,
+         "notes": notes, **data}, indent=2))
+    print(text, flush=True)
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def alternate(measures: dict, rounds: int) -> dict[str, list[float]]:
+    """Call each measure once per round, in turn (A B C A B C ...), so load on a shared machine hits all alike."""
+    results = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            results[name].append(measure())
+    return results
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def met(value: float, target: float) -> str:
+    return f"{value:.2f}x (target >= {target}x: {'met' if value >= target else 'MISSED'})"
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Train step: ScratchViT vs timm vs transformers, same shape
+
+VIT_SHAPES = {  # image 32, patch 4, 10 classes
+    "p4 w192 d6 h3 MLP 768, CLS": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
+                                       intermediate_size=768, pooling="cls"),
+    "CPU-budget: p4 w128 d4 h4 MLP 256, mean pooling": dict(hidden_size=128, num_hidden_layers=4,
+                                                            num_attention_heads=4, intermediate_size=256,
+                                                            pooling="mean"),
+}
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}  # dense bf16
+
+
+def vit_implementations(shape: dict) -> dict:
+    """The same ViT in three libraries: name -> (model, forward returning logits)."""
+    from timm.models.vision_transformer import VisionTransformer
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
+
+    width, depth, heads, mlp = (shape[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                   "intermediate_size"))
+    scratch = ScratchViTForImageClassification(ScratchViTConfig(image_size=32, patch_size=4, num_labels=10, **shape))
+    timm_vit = VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=width, depth=depth,
+                                 num_heads=heads, mlp_ratio=mlp / width, fc_norm=False,
+                                 global_pool="token" if shape["pooling"] == "cls" else "avg")
+    hf_vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=width, num_hidden_layers=depth,
+                                                 num_attention_heads=heads, intermediate_size=mlp, num_labels=10,
+                                                 layer_norm_eps=1e-6))  # CLS pooling: its only head
+    return {"hfvision ScratchViT": (scratch, lambda m, x: m(pixel_values=x).logits),
+            "timm VisionTransformer": (timm_vit, lambda m, x: m(x)),
+            "transformers ViTForImageClassification": (hf_vit, lambda m, x: m(pixel_values=x).logits)}
+
+
+def train_step_measure(model, forward, batch_size: int, steps: int, device, dtype):
+    """A callable timing ``steps`` AdamW steps (forward, backward, update) -> images/s; one warm-up step first."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixels = torch.randn(batch_size, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step():
+        with autocast:
+            loss = F.cross_entropy(forward(model, pixels).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+
+    def measure() -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        return batch_size * steps / (time.perf_counter() - start)
+    return measure
+
+
+def train_step_comparison(args, device, env) -> dict:
+    from hfvision.evaluation.profile import flops_per_image
+
+    dtypes = {"fp32": None} if device.type == "cpu" else {"bf16": torch.bfloat16}
+    peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in (env["gpu"] or "")), None)
+    rows, results = [], {}
+    for shape_name, shape in VIT_SHAPES.items():
+        torch.manual_seed(0)
+        implementations = vit_implementations(shape)
+        for precision, dtype in dtypes.items():
+            measures = {name: train_step_measure(model, forward, args.train_step_batch, args.steps, device, dtype)
+                        for name, (model, forward) in implementations.items()}
+            speeds = {name: statistics.median(v) for name, v in alternate(measures, args.rounds).items()}
+            base = speeds["timm VisionTransformer"]
+            for name, (model, _) in implementations.items():
+                params = sum(p.numel() for p in model.parameters())
+                train_flops = 3 * flops_per_image(model, 32)  # forward + backward ~ 3x forward
+                mfu = speeds[name] * train_flops / peak if peak and dtype is not None else None
+                rows.append([shape_name, name, precision, f"{params:,}", f"{speeds[name]:.1f}",
+                             f"{speeds[name] / base:.3f}x", "-" if mfu is None else f"{100 * mfu:.1f}%"])
+                results.setdefault(shape_name, {})[f"{name} {precision}"] = {
+                    "parameters": params, "images_per_second": speeds[name], "ratio_to_timm": speeds[name] / base,
+                    "train_flops_per_image": train_flops, "mfu": mfu}
+            for model, _ in implementations.values():
+                model.to("cpu")
+    ratios = [r["ratio_to_timm"] for shape in results.values() for name, r in shape.items() if name.startswith("hfvision")]
+    notes = [f"Batch {args.train_step_batch}, image 32, 10 classes, AdamW; {args.rounds} rounds of {args.steps} "
+             f"steps per implementation, alternated, one warm-up step each; median images/s.",
+             "timm: `VisionTransformer(..., fc_norm=False)` (CLS token or mean of patch tokens after the final "
+             "norm, as ScratchViT); transformers: `ViTForImageClassification` (SDPA attention; CLS pooling only, "
+             "so on the mean-pooling shape it pools the CLS token, a negligible difference in cost).",
+             f"Target: ScratchViT >= 1.0x timm on both shapes: {', '.join(f'{r:.3f}x' for r in ratios)} -> "
+             f"{'met' if min(ratios) >= 1.0 else 'MISSED'}.",
+             "MFU (GPU only): 3 x forward FLOPs (torch's FLOP counter) x images/s over the GPU's dense bf16 peak."]
+    table = markdown_table(["shape", "implementation", "precision", "parameters", "train images/s", "vs timm", "MFU"], rows)
+    write_comparison(args, device, env, "train_step", "Train step: ScratchViT vs timm vs transformers", notes, table,
+                     {"results": results})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Input pipeline alone: batched device-side path vs per-sample transforms
+
+
+class PerSampleImages(torch.utils.data.Dataset):
+    """PIL images through a per-sample torchvision transform, as ``datasets.with_transform`` pipelines do."""
+
+    def __init__(self, images, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.transform(self.images[index])
+
+
+def decoded_images(cifar10: Path, count: int):
+    """``count`` training images decoded once (decode is not timed): uint8 (N, 3, 32, 32) and PIL, plus the source."""
+    from PIL import Image as PILImage
+
+    from hfvision.data.sources import decode_split, find_columns, load_raw
+
+    source = str(cifar10) if cifar10.exists() else "synthetic"
+    train = load_raw(source)["train"]
+    train = train.select(range(min(count, len(train))))
+    image_column, label_column = find_columns(train.features, None, None)
+    pixels = decode_split(train, image_column, label_column, None).pixels
+    return pixels, [PILImage.fromarray(image.permute(1, 2, 0).numpy()) for image in pixels], source
+
+
+def input_pipeline_comparison(args, device, env) -> dict:
+    from torchvision import transforms as T
+
+    from hfvision.data.transforms import BatchPreprocessor
+    from hfvision.normalization import Normalization
+    from hfvision.recipe import AugmentRecipe
+
+    pixels, pil_images, source = decoded_images(args.cifar10, args.pipeline_images)
+    batch = 128
+    rows, results = [], {}
+    for size in (32, 224):
+        preprocessor = BatchPreprocessor(Normalization(size, CIFAR10_MEAN, CIFAR10_STD),
+                                         AugmentRecipe(random_crop_padding=4, horizontal_flip=True))
+        per_sample = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+                               + ([T.Resize(size)] if size != 32 else []) + [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+        generator = torch.Generator().manual_seed(0)
+        no_labels = torch.zeros(batch, dtype=torch.long)
+
+        def batched() -> float:
+            synchronize(device)
+            start = time.perf_counter()
+            for first in range(0, len(pixels), batch):
+                x, _ = preprocessor(pixels[first:first + batch].to(device), no_labels[:len(pixels[first:first + batch])],
+                                    train=True, generator=generator)
+            synchronize(device)
+            return len(pixels) / (time.perf_counter() - start)
+
+        def per_sample_in_process() -> float:
+            start = time.perf_counter()
+            for first in range(0, len(pil_images), batch):
+                x = torch.stack([per_sample(image) for image in pil_images[first:first + batch]]).to(device)
+            synchronize(device)
+            return len(pil_images) / (time.perf_counter() - start)
+
+        loader = torch.utils.data.DataLoader(PerSampleImages(pil_images, per_sample), batch_size=batch,
+                                             num_workers=args.workers, persistent_workers=True)
+
+        def per_sample_workers() -> float:
+            start = time.perf_counter()
+            for x in loader:
+                x = x.to(device)
+            synchronize(device)
+            return len(pil_images) / (time.perf_counter() - start)
+
+        measures = {"hfvision batched": batched, "per-sample, in process": per_sample_in_process,
+                    f"per-sample, DataLoader {args.workers} workers": per_sample_workers}
+        per_sample_workers()  # starts the workers
+        speeds = {name: statistics.median(v) for name, v in alternate(measures, args.rounds).items()}
+        del loader
+        best_usual = max(v for k, v in speeds.items() if k.startswith("per-sample"))
+        ratio = speeds["hfvision batched"] / best_usual
+        results[size] = {"images_per_second": speeds, "ratio_to_best_per_sample": ratio}
+        for name, value in speeds.items():
+            rows.append([f"{size} px", name, f"{value:,.0f}", f"{speeds['hfvision batched'] / value:.1f}x"])
+    notes = [f"{len(pixels)} {'CIFAR-10' if source != 'synthetic' else 'synthetic'} training images decoded once "
+             f"beforehand (decoding is not timed); random crop (pad 4) + horizontal flip at 32 px, bilinear resize to "
+             f"the size, normalise; batches of {batch}; {args.rounds} alternated rounds, median.",
+             "hfvision: `BatchPreprocessor` on uint8 batches (on this machine's device: "
+             f"{device.type}); per-sample: torchvision `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `ToTensor`, "
+             "`Normalize` per PIL image and a stack, in the main process or in DataLoader workers.",
+             "Target at 224 px: >= 5x the faster per-sample way: "
+             f"{met(results[224]['ratio_to_best_per_sample'], 5)}; at 32 px: "
+             f"{results[32]['ratio_to_best_per_sample']:.1f}x."]
+    table = markdown_table(["size", "pipeline", "images/s", "hfvision is"], rows)
+    write_comparison(args, device, env, "input_pipeline", "Input pipeline alone: batched vs per-sample", notes, table,
+                     {"results": results, "images": len(pixels), "source": source})
+    return results
+
+
+COMPARISONS = {"train_step": train_step_comparison, "input_pipeline": input_pipeline_comparison}
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in COMPARISONS:
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help="run this comparison")
+    parser.add_argument("--families", action="store_true", help="parameters, FLOPs, latency, throughput per recipe")
+    parser.add_argument("--recipe", action="append", type=Path, help="--families: these recipes' models instead")
+    parser.add_argument("--batch-size", type=int, default=64, help="--families: batch size")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="alternated rounds per comparison (median reported)")
+    parser.add_argument("--train-step-batch", type=int, default=128)
+    parser.add_argument("--pipeline-images", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-sample way")
+    parser.add_argument("--cifar10", type=Path, default=CIFAR10, help="real CIFAR-10 (Parquet, img/label)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    env = environment()
+    chosen = [name for name in COMPARISONS if getattr(args, name)]
+    if args.families:
+        families_benchmark(args, device, env)
+    elif not chosen:
+        chosen = list(COMPARISONS)
+    for name in chosen:
+        start = time.perf_counter()
+        COMPARISONS[name](args, device, env)
+        print(f"[{name}: {time.perf_counter() - start:.0f}s]", flush=True)
 
 
 if __name__ == "__main__":
