@@ -11,10 +11,10 @@ from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import decode_splits, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import RecipeError
-from hfvision.models.factory import build_model
+from hfvision.models.factory import build_model, resolve_input_spec
 from hfvision.models.tuning import find_classifier, set_train_mode
-from hfvision.normalization import Normalization
 from hfvision.recipe import AugmentRecipe, DataRecipe, ModelRecipe, load_recipe
+from hfvision.spec import InputSpec
 from hfvision.training.feature_cache import (
     CachedFeatures,
     HeadOnFeatures,
@@ -39,7 +39,8 @@ def cache_dir(tmp_path, monkeypatch):
 def tiny_model(name="scratch_vit", config=None, tuning="head_only", seed=0):
     torch.manual_seed(seed)
     config = TINY_SCRATCH if config is None and name == "scratch_vit" else (config or {})
-    return build_model(ModelRecipe(name=name, tuning=tuning, config=config), DataRecipe(), LABELS)
+    model_recipe = ModelRecipe(name=name, tuning=tuning, config=config)
+    return build_model(model_recipe, resolve_input_spec(model_recipe, DataRecipe()), LABELS)
 
 
 def images(n=40, seed=0, size=32):
@@ -58,10 +59,10 @@ FAMILIES = {
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_head_on_cached_features_gives_the_models_logits(family, tiny_pretrained_dirs):
     built = FAMILIES[family](tiny_pretrained_dirs)
-    model, preprocessor = built.model.eval(), BatchPreprocessor(built.normalization, NO_AUGMENT)
+    model, preprocessor = built.model.eval(), BatchPreprocessor(built.spec, NO_AUGMENT)
     pixels = images()
     with torch.no_grad():
-        expected = model(pixel_values=preprocessor.normalize(pixels)).logits
+        expected = model(pixel_values=preprocessor.resize_and_normalize(pixels)).logits
         features = compute_features(model, pixels, preprocessor, make_accelerator(), batch_size=16)
         cached_logits = HeadOnFeatures(model)(pixel_values=features[0]).logits
     assert features.shape[:2] == (1, 40)
@@ -94,7 +95,7 @@ def test_augmented_views_are_the_classifier_inputs_of_seeded_augmentations():
     built = tiny_model()
     model = built.model.eval()
     augment = AugmentRecipe(random_crop_padding=4, horizontal_flip=True)
-    preprocessor = BatchPreprocessor(built.normalization, augment)
+    preprocessor = BatchPreprocessor(built.spec, augment)
     pixels = images(20)
     features = compute_features(model, pixels, preprocessor, make_accelerator(), batch_size=8, views=3, seed=7)
     assert features.shape[:2] == (3, 20)
@@ -170,8 +171,8 @@ CHANGES = {  # one per input of the cache key
 def cached(tmp_path, model, settings):
     pixels = split_pixels(tmp_path, settings["source"], settings["split"], settings["decode_size"],
                           settings["max_train_samples"])
-    norm = Normalization(settings["size"], settings["mean"], (0.5, 0.5, 0.5))
-    preprocessor = BatchPreprocessor(norm, AugmentRecipe(random_crop_padding=settings["crop"]))
+    spec = InputSpec(settings["size"], settings["mean"], (0.5, 0.5, 0.5))
+    preprocessor = BatchPreprocessor(spec, AugmentRecipe(random_crop_padding=settings["crop"]))
     accelerator = make_accelerator(mixed_precision=settings["precision"])
     return load_or_compute_features(model, pixels, preprocessor, accelerator, batch_size=32,
                                     views=settings["views"], seed=settings["seed"], label="train")
@@ -210,12 +211,12 @@ def test_the_heads_weights_and_the_run_seed_without_views_do_not_invalidate(tmp_
 
 def test_bf16_features_are_computed_under_autocast(tmp_path):
     model = tiny_model().model
-    preprocessor = BatchPreprocessor(tiny_model().normalization, NO_AUGMENT)
+    preprocessor = BatchPreprocessor(tiny_model().spec, NO_AUGMENT)
     pixels = images(8)
     fp32 = compute_features(model, pixels, preprocessor, make_accelerator(), batch_size=8)
     bf16 = compute_features(model, pixels, preprocessor, make_accelerator(mixed_precision="bf16"), batch_size=8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = classifier_inputs(model.eval(), preprocessor.normalize(pixels))
+        expected = classifier_inputs(model.eval(), preprocessor.resize_and_normalize(pixels))
     torch.testing.assert_close(bf16[0], expected, rtol=0, atol=0)
     assert not torch.equal(bf16[0].float(), fp32[0])
 
@@ -260,3 +261,87 @@ def test_on_and_off_are_read_as_words_not_yaml_booleans(tmp_path):
                     "data: {augment: {random_crop_padding: 0, horizontal_flip: false}}\n")
     assert load_recipe(path).train.feature_cache == "on"
     assert load_recipe(path, ["train.feature_cache=off"]).train.feature_cache == "off"
+
+
+# ----------------------------------------------------------------------------------------------
+# Wired into the pipeline: a cached run trains the same head, saves the whole model
+
+
+def head_only_run(tmp_path, name, source, **overrides):
+    from conftest import tiny_recipe_overrides
+
+    from hfvision.pipeline import fit
+
+    settings = {"model.name": str(source), "model.tuning": "head_only", "data.augment.random_crop_padding": 0,
+                "data.augment.horizontal_flip": False, "train.epochs": 2, "train.learning_rate": 0.01, **overrides}
+    out = tmp_path / name
+    return fit(load_recipe(None, tiny_recipe_overrides(out, **settings))), out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "swin"])  # the tiny Swin has drop path 0.1 in its frozen part
+def test_cached_and_uncached_head_only_runs_train_the_same_head(family, tmp_path, tiny_pretrained_dirs):
+    from safetensors.torch import load_file
+
+    source = tiny_pretrained_dirs[family]
+    plain, plain_dir = head_only_run(tmp_path, "plain", source, **{"train.feature_cache": "off"})
+    cached_run, cached_dir = head_only_run(tmp_path, "cached", source, **{"train.feature_cache": "on"})
+    assert not plain["feature_cache"]["enabled"] and cached_run["feature_cache"]["enabled"]
+    plain_weights, cached_weights = load_file(plain_dir / "last/model.safetensors"), load_file(cached_dir / "last/model.safetensors")
+    assert plain_weights.keys() == cached_weights.keys()
+    for name, tensor in plain_weights.items():  # backbone bit for bit; the head to float tolerance
+        torch.testing.assert_close(cached_weights[name], tensor, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(cached_weights["classifier.weight"], load_file(source / "model.safetensors")["classifier.weight"][:6])
+    for a, b in zip(plain["history"], cached_run["history"]):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert plain["test"]["accuracy"] == cached_run["test"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_epochs_cycle_through_the_cached_views(tmp_path, tiny_pretrained_dirs, monkeypatch):
+    seen = []
+    original = CachedFeatures.__getitem__
+
+    def spy(self, index):
+        if len(self.features) == 2:  # the training split's views; validation has one
+            seen.append(self.view)
+        return original(self, index)
+
+    monkeypatch.setattr(CachedFeatures, "__getitem__", spy)
+    metrics, _ = head_only_run(tmp_path, "views", tiny_pretrained_dirs["vit"], **{
+        "train.epochs": 3, "data.cached_views": 2, "data.augment.random_crop_padding": 4})
+    assert metrics["feature_cache"]["views"] == 2
+    per_epoch = len(seen) // 3
+    assert seen == [0] * per_epoch + [1] * per_epoch + [0] * per_epoch
+
+
+@pytest.mark.slow
+def test_best_of_a_cached_run_reloads_without_hfvision_and_gives_the_recorded_accuracy(tmp_path, tiny_pretrained_dirs):
+    import json
+    import subprocess
+    import sys
+
+    metrics, out = head_only_run(tmp_path, "cached", tiny_pretrained_dirs["vit"], **{"train.feature_cache": "on"})
+    recipe = load_recipe(out / "recipe.yaml")
+    splits, image_column, label_column, names = split_dataset(load_raw("synthetic"), recipe.data, recipe.seed)
+    test = decode_splits(splits, image_column, label_column, 32, names).test
+    torch.save({"pixels": test.pixels, "labels": test.labels}, tmp_path / "test.pt")
+    child = f"""
+import sys
+sys.modules["hfvision"] = None  # any import of hfvision fails: plain transformers only
+import json, torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(out / "best")!r}).eval()
+processor = json.load(open({str(out / "best" / "preprocessor_config.json")!r}))
+data = torch.load({str(tmp_path / "test.pt")!r})
+mean = torch.tensor(processor["image_mean"])[None, :, None, None]
+std = torch.tensor(processor["image_std"])[None, :, None, None]
+with torch.no_grad():
+    logits = model(pixel_values=(data["pixels"].float() / 255 - mean) / std).logits
+print(json.dumps((logits.argmax(1) == data["labels"]).double().mean().item()))
+"""
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    assert json.loads((out / "metrics.json").read_text())["feature_cache"]["enabled"]

@@ -13,7 +13,7 @@ With random train-time augmentation the features of an image change every epoch,
 The cache key (``features_fingerprint``) hashes everything the features depend on: the frozen part's weights,
 buffers and config; the split's decoded uint8 pixels themselves, which pin the data source, split, sample
 limits, seed and decode size (and notice a dataset that changed on disk under the same name); the
-normalisation (input size, mean, std); for augmented views the augmentation, K and the seed; the precision;
+``InputSpec`` the batches are resized and normalised to (input size, mean, std); for augmented views the augmentation, K and the seed; the precision;
 and ``FORMAT_VERSION``. Entries live in ``$HFVISION_CACHE`` (else ``~/.cache/hfvision/features``), one
 directory per key (``features.safetensors`` + ``meta.json``), written atomically; runs and sweeps reuse them.
 
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from hfvision.data.sources import ImageData
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, write_json_atomic
@@ -59,16 +60,21 @@ HEAD_CONFIG_KEYS = {"id2label", "label2id", "num_labels", "problem_type", "trans
 # When the cache is used
 
 
-@dataclass(frozen=True)
+@dataclass
 class FeatureCachePlan:
-    """Whether a run trains on cached features, with how many augmented views (None: exact features)."""
+    """Whether a run trains on cached features, with how many augmented views (None: exact features), and
+    once they are there, how long getting them took (computing, or reading a cache hit)."""
 
     enabled: bool
     views: int | None
     reason: str
+    seconds: float | None = None
 
     def describe(self) -> str:
         return f"feature cache: {'on' if self.enabled else 'off'} ({self.reason})"
+
+    def record(self) -> dict:
+        return asdict(self)
 
 
 def plan_feature_cache(recipe: Recipe) -> FeatureCachePlan:
@@ -179,7 +185,7 @@ def features_fingerprint(*, frozen_part: str, pixels: str, preprocessor: BatchPr
         "format": FORMAT_VERSION,
         "frozen_part": frozen_part,
         "pixels": pixels,
-        "normalization": asdict(preprocessor.normalization),
+        "input": asdict(preprocessor.spec),  # the model's input size, mean and std
         "precision": precision,
         "views": None if views is None else {
             "count": views, "seed": seed, "random_crop_padding": augment.random_crop_padding,
@@ -303,3 +309,18 @@ class CachedFeatures(Dataset):
 
     def loader(self, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle)
+
+
+def cached_head_data(model: nn.Module, data: ImageData, preprocessor: BatchPreprocessor, accelerator: Accelerator,
+                     plan: FeatureCachePlan, *, batch_size: int, seed: int):
+    """What a head-only run trains on when ``plan.enabled``: (the head to train, train features, val features).
+    The train split gets ``plan.views`` augmented views (None: exact); validation is always exact."""
+    start = time.perf_counter()
+    model.to(accelerator.device)
+    train = load_or_compute_features(model, data.train.pixels, preprocessor, accelerator, batch_size=batch_size,
+                                     views=plan.views, seed=seed, label="train")
+    validation = load_or_compute_features(model, data.validation.pixels, preprocessor, accelerator,
+                                          batch_size=batch_size, label="validation")
+    plan.seconds = time.perf_counter() - start
+    return (HeadOnFeatures(model), CachedFeatures(train, data.train.labels),
+            CachedFeatures(validation, data.validation.labels))
