@@ -345,3 +345,34 @@ print(json.dumps((logits.argmax(1) == data["labels"]).double().mean().item()))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
     assert json.loads((out / "metrics.json").read_text())["feature_cache"]["enabled"]
+
+
+@pytest.mark.slow
+def test_two_processes_each_compute_a_share_and_store_the_same_features(tmp_path, tiny_pretrained_dirs, cache_dir):
+    import json
+    import subprocess
+
+    from conftest import REPO, script_command, script_env, tiny_recipe_overrides
+    from safetensors.torch import load_file
+
+    overrides = tiny_recipe_overrides(tmp_path / "ddp", **{
+        "model.name": str(tiny_pretrained_dirs["vit"]), "model.tuning": "head_only", "train.feature_cache": "on",
+        "data.augment.random_crop_padding": 0, "data.augment.horizontal_flip": False, "eval.batch_size": 150})
+    (tmp_path / "recipe.yaml").write_text("seed: 42\n")  # the defaults; the overrides say the rest
+    result = subprocess.run(script_command("finetune.py", tmp_path / "recipe.yaml", *overrides, nproc=2),
+                            capture_output=True, text=True,
+                            cwd=REPO, timeout=900, env={**script_env(), "HFVISION_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["feature_cache"]["enabled"]
+    stored = {json.loads((entry / "meta.json").read_text())["split"]: load_file(entry / "features.safetensors")["features"]
+              for entry in cache_dir.iterdir()}
+    recipe = load_recipe(None, overrides)
+    built = build_model(recipe.model, resolve_input_spec(recipe.model, recipe.data), LABELS)
+    splits, image_column, label_column, names = split_dataset(load_raw("synthetic"), recipe.data, recipe.seed)
+    data = decode_splits(splits, image_column, label_column, 32, names)
+    preprocessor = BatchPreprocessor(built.spec, recipe.data.augment)
+    assert (len(data.train), len(data.validation)) == (240, 120)  # chunks of 150: shares 1 + 1, and 1 + none
+    for split in ("train", "validation"):
+        expected = compute_features(built.model, getattr(data, split).pixels, preprocessor, make_accelerator(),
+                                    batch_size=150)
+        torch.testing.assert_close(stored[split], expected, rtol=1e-5, atol=1e-5)

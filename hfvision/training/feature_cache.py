@@ -17,8 +17,8 @@ limits, seed and decode size (and notice a dataset that changed on disk under th
 and ``FORMAT_VERSION``. Entries live in ``$HFVISION_CACHE`` (else ``~/.cache/hfvision/features``), one
 directory per key (``features.safetensors`` + ``meta.json``), written atomically; runs and sweeps reuse them.
 
-Under several processes each rank computes a contiguous share of fixed-size chunks, the shares are
-gathered to every rank and the main process writes the entry; a hit is decided on the main process and
+Under several processes each rank computes a contiguous share of the fixed-size chunks (so the views do not
+depend on the process count), the shares are gathered to every rank and the main process writes the entry; a hit is decided on the main process and
 broadcast, so all ranks take the same path.
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -211,9 +211,6 @@ def compute_features(model: nn.Module, pixels: torch.Tensor, preprocessor: Batch
     """Classifier inputs (K, N, ...) for ``pixels`` (N, 3, H, W): K = 1 exact view, else K augmented views."""
     model.eval()
     starts = list(range(0, len(pixels), batch_size))
-    if len(starts) < accelerator.num_processes:
-        raise HfvisionError(f"train.feature_cache: a split of {len(pixels)} images has fewer batches of "
-                            f"eval.batch_size than there are processes; use fewer processes or a smaller batch")
     local = []
     with accelerator.split_between_processes(starts) as my_starts:
         for start in tqdm(my_starts, desc="caching features", leave=False,
@@ -228,19 +225,10 @@ def compute_features(model: nn.Module, pixels: torch.Tensor, preprocessor: Batch
                     x, _ = preprocessor(images, no_labels, train=True, generator=_view_generator(seed, view, start))
                 with accelerator.autocast():
                     per_view.append(classifier_inputs(model, x))
-            local.append(torch.stack(per_view, dim=1))  # (B, K, ...)
-    features = torch.cat(local)
-    if accelerator.num_processes > 1:
-        features = _gather_shares(accelerator, features)
-    return features.transpose(0, 1).contiguous().cpu()  # (K, N, ...)
-
-
-def _gather_shares(accelerator: Accelerator, share: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's (n_rank, ...) share, in rank order, on every rank."""
-    sizes = accelerator.gather(torch.tensor([len(share)], device=accelerator.device))
-    padded = accelerator.gather(accelerator.pad_across_processes(share, dim=0))
-    step = len(padded) // accelerator.num_processes
-    return torch.cat([padded[rank * step: rank * step + int(n)] for rank, n in enumerate(sizes.tolist())])
+            local.append(torch.stack(per_view, dim=1).cpu())  # (B, K, ...)
+    share = torch.cat(local) if local else None  # a rank gets no chunk when a split has fewer than the ranks
+    shares = gather_object([share]) if accelerator.num_processes > 1 else [share]  # in rank order
+    return torch.cat([s for s in shares if s is not None]).transpose(0, 1).contiguous()  # (K, N, ...)
 
 
 # ----------------------------------------------------------------------------------------------
