@@ -37,6 +37,7 @@ from hfvision.recipe import Recipe
 from hfvision.run_dir import prepare_run_dir
 from hfvision.spec import InputSpec
 from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
+from hfvision.training.feature_cache import cached_head_data, plan_feature_cache
 from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler, warn_unusual_learning_rate
 from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
 
@@ -86,14 +87,21 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
     """Prepare optimiser, schedule, loaders and EMA; restore ``checkpoint/`` on resume; train. Returns the state."""
     train_recipe = recipe.train
     preprocessor = BatchPreprocessor(built.spec, recipe.data.augment, num_classes=len(data.label_names))
-    train_loader = data.train.loader(train_recipe.batch_size, shuffle=True)
-    val_loader = data.validation.loader(recipe.eval.batch_size, shuffle=False)
-    optimizer = build_optimizer(built.model, train_recipe)
+    trained, train_set, val_set, cache = built.model, data.train, data.validation, plan_feature_cache(recipe)
+    if recipe.model.tuning == "head_only":
+        accelerator.print(cache.describe())
+    if cache.enabled:  # the head trains on the frozen part's output, computed once per split; best/ is the whole model
+        trained, train_set, val_set = cached_head_data(built.model, data, preprocessor, accelerator, cache,
+                                                       batch_size=recipe.eval.batch_size, seed=recipe.seed)
+        preprocessor = None  # the loaders yield features
+    train_loader = train_set.loader(train_recipe.batch_size, shuffle=True)
+    val_loader = val_set.loader(recipe.eval.batch_size, shuffle=False)
+    optimizer = build_optimizer(trained, train_recipe)
     epoch_steps = steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps)
     schedule_length = ScheduleLength(train_recipe.epochs * epoch_steps)
     scheduler = build_scheduler(optimizer, train_recipe, epoch_steps, schedule_length)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        built.model, optimizer, train_loader, val_loader, scheduler)
+        trained, optimizer, train_loader, val_loader, scheduler)
     ema = None
     if train_recipe.ema_decay is not None:
         ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
@@ -101,6 +109,7 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
     parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
                           recipe.seed, ema, schedule_length)
     state = _initial_state(accelerator, run_dir, train_recipe.resume)
+    state["feature_cache"] = cache.record()
     if train_recipe.time_budget_minutes and state.get("schedule_steps"):  # the estimate made before the stop
         schedule_length.total_steps = state["schedule_steps"]
     if accelerator.is_main_process:
@@ -186,6 +195,7 @@ def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dic
 def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
     return {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
             "history": state["history"], "stopped_early": state["stopped_early"],
+            "feature_cache": state["feature_cache"],
             "training": {"images_seen": state["images_seen"], "optimizer_steps": state["global_step"],
                          "epochs": len(state["history"]), "seconds": state["elapsed_seconds"],
                          "time_budget_spent": state["budget_spent"]},

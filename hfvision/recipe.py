@@ -28,6 +28,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 AUTO_AUGMENT = ("randaugment", "trivialaugment")
 TRACKERS = ("tensorboard", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
+FEATURE_CACHE_MODES = ("auto", "on", "off")
+ON_OFF_KEYS = ("train.feature_cache",)  # YAML 1.1 reads the words on/off as booleans
 
 
 @dataclass
@@ -73,6 +75,9 @@ class DataRecipe:
     on_bad_image: str = "error"  # an unreadable image: "error" stops naming it, "skip" drops it and reports it
     classes: Optional[list] = None  # train on these classes only (names or ids), re-indexed in this order
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)
+    # With train.feature_cache and a random train-time augmentation: cache this many augmented views per
+    # training image, one per epoch in turn. None: no views (the cache is then used only when it is exact).
+    cached_views: Optional[int] = None
 
 
 @dataclass
@@ -103,6 +108,9 @@ class TrainRecipe:
     report_to: str = "tensorboard"
     layer_decay: Optional[float] = None  # layer-wise LR decay: layer i of L gets lr * layer_decay ** (L + 1 - i)
     allow_unusual_lr: bool = False  # silence the warning about learning rates that rarely suit the tuning mode
+    # Head-only runs: train the classifier on the frozen part's output, computed once per split and cached on
+    # disk. auto: when that is exact (no random train-time augmentation) or data.cached_views is set.
+    feature_cache: str = "auto"
 
 
 @dataclass
@@ -176,6 +184,8 @@ def _coerce(value, tp, key: str):
             return float(value)
         except ValueError:
             pass
+    if origin is str and isinstance(value, bool) and key in ON_OFF_KEYS:
+        return "on" if value else "off"
     if origin is int and isinstance(value, bool):
         raise RecipeError(f"{key}: expected an integer, got {value!r}")
     if origin is list and isinstance(value, (list, tuple)):
@@ -329,6 +339,7 @@ def validate(recipe: Recipe) -> None:
              f"train.time_budget_minutes: expected a positive number or null, got {t.time_budget_minutes}")
     _require(t.layer_decay is None or 0 < t.layer_decay <= 1,
              f"train.layer_decay: expected a number in (0, 1] or null, got {t.layer_decay}")
+    _validate_feature_cache(recipe)
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
@@ -358,6 +369,35 @@ def _validate_classes(classes: list | None) -> None:
                                        for c in classes),
              f"data.classes: expected a list of at least two class names or ids (integers >= 0), got {classes}")
     _require(len(set(classes)) == len(classes), f"data.classes: a class is listed twice in {classes}")
+def random_train_augmentations(augment: AugmentRecipe) -> list[str]:
+    """The recipe's random train-time augmentations that act on single images, by name."""
+    names = [("random crop", augment.random_crop_padding > 0), ("horizontal flip", augment.horizontal_flip),
+             (augment.auto_augment, augment.auto_augment is not None)]
+    return [name for name, active in names if active]
+
+
+def _validate_feature_cache(recipe: Recipe) -> None:
+    mode, views, augment = recipe.train.feature_cache, recipe.data.cached_views, recipe.data.augment
+    _one_of("train.feature_cache", mode, FEATURE_CACHE_MODES)
+    _require(views is None or views >= 1, f"data.cached_views: expected a positive integer or null, got {views}")
+    if mode == "off":
+        _require(views is None, "data.cached_views: only used with the feature cache; remove it or set "
+                                "train.feature_cache: auto")
+        return
+    if views is not None or mode == "on":
+        _require(recipe.model.tuning == "head_only", f"train.feature_cache: caches the frozen backbone of "
+                 f"model.tuning: head_only runs, not {recipe.model.tuning}")
+        _require(augment.mixup_alpha == 0 and augment.cutmix_alpha == 0,
+                 "train.feature_cache: mixup/cutmix mix pixels within a batch, which cached features cannot "
+                 "do; set data.augment.mixup_alpha and cutmix_alpha to 0 or train.feature_cache: off")
+    if views is not None:
+        _require(bool(random_train_augmentations(augment)),
+                 "data.cached_views: there is no random train-time augmentation to vary between views; remove it")
+    elif mode == "on":
+        _require(not random_train_augmentations(augment),
+                 f"train.feature_cache: on with random train-time augmentation "
+                 f"({', '.join(random_train_augmentations(augment))}) needs data.cached_views: K (K augmented "
+                 f"views per image), or switch the augmentation off")
 
 
 def _check_dataset_path(dataset: str) -> None:

@@ -146,3 +146,13 @@ def test_quickstart_runs_on_real_cifar10(tmp_path):
     metrics = fit(recipe)
     assert metrics["test"]["num_samples"] == 1000 and list(metrics["test"]["per_class"])[:2] == ["airplane", "automobile"]
     assert metrics["test"]["accuracy"] > 0.15  # one short epoch, 10 classes: above chance
+
+
+@pytest.mark.parametrize("height, width, size", [(32, 32, 224), (32, 32, 48), (48, 40, 32), (40, 40, 24)])
+def test_resize_bilinear_matches_interpolate(height, width, size):
+    from hfvision.data.transforms import resize_bilinear
+
+    x = torch.randn(2, 3, height, width)
+    expected = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                               antialias=size < max(height, width))
+    torch.testing.assert_close(resize_bilinear(x, size), expected, rtol=0, atol=1e-5)

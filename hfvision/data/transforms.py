@@ -2,11 +2,13 @@
 
 Images arrive as uint8 (B, 3, h, w) at their stored size (32x32 for CIFAR). Train-time augmentation runs
 at the stored size (random crop with padding, horizontal flip, RandAugment/TrivialAugment per sample),
-then the batch is resized to the model's input size and normalised with the processor's mean/std.
+then the batch is normalised with the processor's mean/std and resized to the model's input size.
 MixUp/CutMix act on (images, labels) after normalisation and return soft labels.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,26 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> 
     return torch.where(flip, images.flip(-1), images)
 
 
+@functools.lru_cache(maxsize=16)
+def _resize_matrix(source: int, target: int, device: torch.device) -> torch.Tensor:
+    """(target, source) weights of 1-D bilinear resizing, exactly as ``F.interpolate`` computes them
+    (``align_corners=False``, antialiased when shrinking): the interpolation of each unit vector."""
+    unit_vectors = torch.eye(source).reshape(source, 1, 1, source)  # (source images, 1, height 1, width source)
+    resized = F.interpolate(unit_vectors, size=(1, target), mode="bilinear", align_corners=False,
+                            antialias=target < source)
+    return resized.reshape(source, target).T.contiguous().to(device)
+
+
+def resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float (B, C, h, w) -> (B, C, size, size) with ``F.interpolate``'s bilinear weights, applied as two matrix
+    products (rows @ x @ cols^T; bilinear resizing is separable): several times faster on CPU than the
+    interpolation kernel, and as fast on GPUs."""
+    height, width = images.shape[-2:]
+    rows = _resize_matrix(height, size, images.device).to(images.dtype)
+    cols = _resize_matrix(width, size, images.device).to(images.dtype)
+    return rows @ images @ cols.T
+
+
 class BatchPreprocessor:
     """Callable ``(uint8 images, labels, train) -> (normalised float images, labels or soft labels)``."""
 
@@ -58,14 +80,18 @@ class BatchPreprocessor:
         return bool(a.random_crop_padding or a.horizontal_flip or self.auto_augment is not None or self.mixer)
 
     def resize_and_normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized to the spec's size and normalised."""
+        """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized to the spec's size and normalised.
+
+        Normalising at the stored size first gives the same values (a per-channel affine map commutes with
+        interpolation, whose weights sum to one) and writes the large tensor once.
+        """
         size = self.spec.image_size
-        x = images.float().div_(255.0)
+        mean = torch.tensor(self.spec.mean, device=images.device)[None, :, None, None]
+        std = torch.tensor(self.spec.std, device=images.device)[None, :, None, None]
+        x = (images.float().div_(255.0) - mean) / std
         if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-        mean = torch.tensor(self.spec.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-        std = torch.tensor(self.spec.std, device=x.device, dtype=x.dtype)[None, :, None, None]
-        return (x - mean) / std
+            x = resize_bilinear(x, size)
+        return x
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, train: bool,
                  generator: torch.Generator | None = None):

@@ -95,10 +95,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, except that fully frozen sub-modules stay in eval mode, so a frozen backbone's
-    BatchNorm statistics and dropout behave as at inference (standard linear probing)."""
+    """``model.train()``, except that what is frozen runs as at inference (standard linear probing): a fully
+    frozen sub-module, and a parameter-free one (dropout, drop path) whose parent is partly frozen, stay in
+    eval mode. A parameter-free module inside a trainable block (its dropout) trains with it."""
     model.train()
-    for module in model.modules():
-        params = list(module.parameters(recurse=False))
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
+    for parent in model.modules():
+        parent_params = list(parent.parameters())
+        parent_partly_frozen = any(not p.requires_grad for p in parent_params)
+        for child in parent.children():
+            params = list(child.parameters())
+            if (params and not any(p.requires_grad for p in params)) or (not params and parent_partly_frozen):
+                child.eval()

@@ -192,6 +192,8 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
     """One pass over the train loader from ``state['batch']`` (non-zero when resuming mid-epoch)."""
     accelerator, model, train = parts.accelerator, parts.model, parts.train
     parts.train_loader.set_epoch(epoch)
+    if hasattr(parts.train_loader.dataset, "set_epoch"):  # cached views; Accelerate skips it under several processes
+        parts.train_loader.dataset.set_epoch(epoch)
     start_batch = state["batch"]
     loader = accelerator.skip_first_batches(parts.train_loader, start_batch) if start_batch else parts.train_loader
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, seen
