@@ -1,0 +1,367 @@
+"""Every recipe option has a test that fails when the option is ignored or hard-coded (issue 14).
+
+Two tiny runs of the real pipeline (``fit``), A and B, set the options to different values. A spy around the
+trainer records every optimiser step (weights before and after, gradients before and after clipping, learning
+rates), every training batch (inputs, logits, targets), every evaluation loader and every checkpoint write, and
+the tests compare what happened with hand computations: the optimiser update rules, the schedule, clipping, the
+EMA, the label-smoothed loss, batch and split sizes, the input spec, checkpoints and trackers.
+Unit tests cover what a run cannot show cheaply: accumulation equals a large batch, the augmentation draws,
+the mixup/cutmix lambda distributions, early stopping, time-based checkpoints, mixed precision.
+tests/MUTATIONS.md lists the hand mutations of the library that these tests were checked to catch.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from conftest import tiny_recipe_overrides
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+import hfvision.pipeline as pipeline
+import hfvision.training.trainer as trainer
+from hfvision.accelerator import make_accelerator
+from hfvision.data.sources import load_raw, split_dataset
+from hfvision.data.synthetic import CLASSES
+from hfvision.data.transforms import BatchPreprocessor
+from hfvision.errors import RecipeError
+from hfvision.evaluation.profile import inference_latency
+from hfvision.models.factory import build_model, resolve_input_spec
+from hfvision.recipe import AugmentRecipe, DataRecipe, ModelRecipe, Recipe, TrainRecipe, load_recipe
+from hfvision.spec import InputSpec
+from hfvision.training.checkpoint import fresh_trainer_state
+from hfvision.training.optim import build_optimizer, build_scheduler, lr_multiplier
+from hfvision.training.trainer import StepCheckpoints, StopSignals, TrainingParts, make_ema, steps_per_epoch
+
+TINY_VIT = {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64}
+
+# Two runs that set every option to a different value. ``expect`` holds what each run must do, worked out by hand.
+RUNS = {
+    "A": {
+        "settings": {
+            "seed": 7, "model.config": TINY_VIT,
+            "data.image_size": 16, "data.mean": [0.4, 0.5, 0.6], "data.std": [0.2, 0.25, 0.3],
+            "data.max_train_samples": 96, "data.max_eval_samples": 48, "data.augment.mixup_alpha": 0.4,
+            "train.epochs": 2, "train.batch_size": 32, "train.learning_rate": 0.003, "train.optimizer": "adamw",
+            "train.weight_decay": 0.05, "train.scheduler": "cosine", "train.warmup_epochs": 1,
+            "train.max_grad_norm": 0.05, "train.label_smoothing": 0.2, "train.ema_decay": 0.5,
+            "train.checkpoint_every_steps": 2, "train.report_to": "tensorboard",
+            "eval.batch_size": 20, "eval.latency_batch_size": 5, "eval.explain": True,
+        },
+        "expect": {
+            # 96 images / 32 = 3 steps per epoch, 6 in all; warmup 1 epoch = 3 steps, then cosine over 3 steps
+            "lr_factors": [1 / 3, 2 / 3, 1.0, 1.0, 0.75, 0.25],
+            "epoch_end_lr_factors": [1.0, 0.0],
+            "train_batches": [32] * 6,
+            "sizes": {"train": 96, "validation": 48, "test": 48},
+            "eval_batches": [20, 20, 8],  # 48 validation (and test) images in batches of 20
+            "step_checkpoints": [2, 4, 6],
+            "spec": InputSpec(16, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)),
+        },
+    },
+    "B": {
+        "settings": {
+            "seed": 42, "model.config": {**TINY_VIT, "image_size": 24},
+            "data.val_fraction": 0.02, "data.max_train_samples": 120, "data.max_eval_samples": None,
+            "data.augment.random_crop_padding": 0, "data.augment.horizontal_flip": False,
+            "train.epochs": 2, "train.batch_size": 40, "train.learning_rate": 0.05, "train.optimizer": "sgd",
+            "train.momentum": 0.5, "train.weight_decay": 0.01, "train.scheduler": "step",
+            "train.step_size_epochs": 1, "train.step_gamma": 0.5, "train.warmup_epochs": 0,
+            "train.max_grad_norm": None, "train.label_smoothing": 0.0, "train.ema_decay": None,
+            "train.checkpoint_every_steps": None, "train.report_to": "none",
+            "eval.batch_size": 256, "eval.latency_batch_size": 8, "eval.explain": False,
+        },
+        "expect": {
+            # 120 / 40 = 3 steps per epoch; the step schedule halves the rate after each epoch
+            "lr_factors": [1.0, 1.0, 1.0, 0.5, 0.5, 0.5],
+            "epoch_end_lr_factors": [0.5, 0.25],
+            "train_batches": [40] * 6,
+            # synthetic has 3000 train images: 2% (60) for validation; the 600 test images, all of them
+            "sizes": {"train": 120, "validation": 60, "test": 600},
+            "eval_batches": [60],
+            "step_checkpoints": [],
+            "spec": InputSpec(24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        },
+    },
+}
+
+
+@dataclass
+class Trace:
+    """What the spy saw during one ``fit``."""
+
+    recipe: Recipe
+    run_dir: Path
+    metrics: dict = None
+    parts: TrainingParts = None
+    initial: dict = None  # name -> weights when training starts
+    steps: list = field(default_factory=list)  # one dict per optimiser step
+    batches: list = field(default_factory=list)  # (model inputs, logits, targets) per training batch
+    evaluations: list = field(default_factory=list)  # (batch sizes, first uint8 batch, preprocessor) per evaluate
+    checkpoints: list = field(default_factory=list)  # (global step, whether inside an epoch) per checkpoint write
+
+
+def _named(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def traced_fit(run_dir: Path, settings: dict) -> Trace:
+    """``fit`` with the spy installed around ``train``, ``evaluate`` and ``save_checkpoint``."""
+    recipe = load_recipe(None, tiny_recipe_overrides(run_dir, **settings))
+    trace = Trace(recipe, run_dir)
+    real_train, real_evaluate, real_save = pipeline.train, pipeline.evaluate, trainer.save_checkpoint
+
+    def spy_train(parts, state, **kwargs):
+        trace.parts = parts
+        model = parts.accelerator.unwrap_model(parts.model)
+        trace.initial = _named(model)
+        before_clip = {}
+        for name, param in model.named_parameters():
+            param.register_post_accumulate_grad_hook(
+                lambda p, name=name: before_clip.__setitem__(name, p.grad.detach().clone()))
+
+        def before_step(optimizer, args, kwargs):
+            trace.steps.append({"lr": [group["lr"] for group in optimizer.param_groups], "before": _named(model),
+                                "grad_before_clip": dict(before_clip),
+                                "grad": {n: p.grad.detach().clone() for n, p in model.named_parameters()}})
+            before_clip.clear()
+
+        def after_step(optimizer, args, kwargs):
+            trace.steps[-1]["after"] = _named(model)
+
+        parts.optimizer.optimizer.register_step_pre_hook(before_step)
+        parts.optimizer.optimizer.register_step_post_hook(after_step)
+        preprocessor, forward, targets = parts.preprocessor, parts.forward, []
+
+        def recording_preprocessor(images, labels, train, generator=None):
+            inputs, batch_targets = preprocessor(images, labels, train=train, generator=generator)
+            targets.append(batch_targets)
+            return inputs, batch_targets
+
+        def recording_forward(model, inputs):
+            logits = forward(model, inputs)
+            trace.batches.append((inputs.detach().clone(), logits.detach().float(), targets.pop()))
+            return logits
+
+        parts.preprocessor, parts.forward = recording_preprocessor, recording_forward
+        return real_train(parts, state, **kwargs)
+
+    def spy_evaluate(model, loader, preprocessor, *args):
+        sizes = [len(labels) for _, labels in loader]
+        trace.evaluations.append((sizes, next(iter(loader))[0], preprocessor))
+        return real_evaluate(model, loader, preprocessor, *args)
+
+    def spy_save_checkpoint(accelerator, run_dir, state):
+        trace.checkpoints.append((state["global_step"], state["partial_epoch"] is not None))
+        return real_save(accelerator, run_dir, state)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "train", spy_train)
+        patch.setattr(pipeline, "evaluate", spy_evaluate)
+        patch.setattr(trainer, "save_checkpoint", spy_save_checkpoint)
+        trace.metrics = pipeline.fit(recipe)
+    return trace
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request, tmp_path_factory):
+    """One traced run per entry of RUNS (module scope: every test below shares the two trainings)."""
+    spec = RUNS[request.param]
+    trace = traced_fit(tmp_path_factory.mktemp(f"run_{request.param}") / "run", spec["settings"])
+    trace.expect = spec["expect"]
+    return trace
+
+
+# ---------------------------------------------------------------------------------------------- hand references
+
+
+class HandOptimizer:
+    """The update rules of AdamW, Adam (L2 decay in the gradient) and SGD (Nesterov momentum when momentum > 0)
+    as torch documents them, in float64, with decay on matrices and kernels only, minus ``no_weight_decay()``."""
+
+    def __init__(self, train: TrainRecipe, decayed: set[str], betas=(0.9, 0.999), eps=1e-8):
+        self.train, self.decayed, self.betas, self.eps = train, decayed, betas, eps
+        self.t, self.m, self.v, self.buffer = 0, {}, {}, {}
+
+    def step(self, weights: dict, grads: dict, lr: float) -> dict:
+        self.t += 1
+        out = {}
+        for name, p in weights.items():
+            p, g = p.double(), grads[name].double()
+            wd = self.train.weight_decay if name in self.decayed else 0.0
+            if self.train.optimizer == "adamw":
+                p = p * (1 - lr * wd)
+            else:
+                g = g + wd * p
+            if self.train.optimizer in ("adamw", "adam"):
+                b1, b2 = self.betas
+                self.m[name] = b1 * self.m.get(name, 0) + (1 - b1) * g
+                self.v[name] = b2 * self.v.get(name, 0) + (1 - b2) * g * g
+                m_hat, v_hat = self.m[name] / (1 - b1 ** self.t), self.v[name] / (1 - b2 ** self.t)
+                out[name] = p - lr * m_hat / (v_hat.sqrt() + self.eps)
+            else:
+                mu = self.train.momentum
+                if mu > 0:
+                    self.buffer[name] = g if self.t == 1 else mu * self.buffer[name] + g
+                    g = g + mu * self.buffer[name]
+                out[name] = p - lr * g
+        return out
+
+
+def decayed_names(model) -> set[str]:
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return {n for n, p in model.named_parameters() if p.dim() >= 2 and n not in skip}
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean cross-entropy against ``(1 - eps) * targets + eps / classes`` (targets: class ids or soft rows)."""
+    classes = logits.shape[1]
+    if targets.dim() == 1:
+        targets = F.one_hot(targets, classes).double()
+    smoothed = (1 - eps) * targets.double() + eps / classes
+    return -(smoothed * logits.double().log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def total_norm(grads: dict) -> float:
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+
+
+# ---------------------------------------------------------------------------------------------- the two runs
+
+
+def test_run_lr_at_every_step_is_the_scheduled_one(run):
+    train = run.recipe.train
+    assert len(run.steps) == len(run.expect["lr_factors"])
+    for step, factor in zip(run.steps, run.expect["lr_factors"]):
+        assert step["lr"] == pytest.approx([train.learning_rate * factor] * 2)
+    # the history keeps the rate after each epoch's last step: the one the next step would use
+    assert [h["learning_rate"] for h in run.metrics["history"]] == pytest.approx(
+        [train.learning_rate * f for f in run.expect["epoch_end_lr_factors"]])
+
+
+def test_run_optimizer_updates_follow_the_hand_rule(run):
+    """Optimizer, learning rate, momentum and weight decay: every step's weights from the hand update rule."""
+    train = run.recipe.train
+    model = run.parts.accelerator.unwrap_model(run.parts.model)
+    reference = HandOptimizer(train, decayed_names(model))
+    for step, factor in zip(run.steps, run.expect["lr_factors"]):
+        expected = reference.step(step["before"], step["grad"], train.learning_rate * factor)
+        for name, weights in step["after"].items():
+            torch.testing.assert_close(weights.double(), expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_run_clipping_bounds_the_applied_gradient_norm(run):
+    max_norm = run.recipe.train.max_grad_norm
+    clipped = 0
+    for step in run.steps:
+        before, applied = total_norm(step["grad_before_clip"]), total_norm(step["grad"])
+        expected = before if max_norm is None else before * min(1.0, max_norm / (before + 1e-6))
+        assert applied == pytest.approx(expected, rel=1e-5)
+        clipped += max_norm is not None and before > max_norm
+    assert clipped >= (len(run.steps) // 2 if max_norm is not None else 0)  # the test would see a missing clip
+
+
+def test_run_kept_weights_are_the_hand_computed_ema(run):
+    """torch's ``AveragedModel`` copies the weights at the first update, then averages: e = d * e + (1 - d) * w."""
+    decay = run.recipe.train.ema_decay
+    ema = dict(run.steps[0]["after"])
+    for step in run.steps[1:]:
+        ema = {n: step["after"][n] if decay is None else decay * ema[n] + (1 - decay) * step["after"][n] for n in ema}
+    kept = _named(run.parts.kept_model())
+    saved = load_file(run.run_dir / "last" / "model.safetensors")
+    for name, weights in ema.items():
+        torch.testing.assert_close(kept[name], weights, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(saved[name], weights, rtol=1e-5, atol=1e-7, msg=name)
+    assert (run.parts.ema is None) == (decay is None)
+
+
+def test_run_train_loss_is_the_label_smoothed_cross_entropy(run):
+    eps = run.recipe.train.label_smoothing
+    per_epoch = len(run.batches) // run.recipe.train.epochs
+    for epoch, record in enumerate(run.metrics["history"]):
+        batches = run.batches[epoch * per_epoch:(epoch + 1) * per_epoch]
+        losses = [smoothed_cross_entropy(logits, targets, eps) * len(logits) for _, logits, targets in batches]
+        expected = sum(losses) / sum(len(logits) for _, logits, _ in batches)
+        assert record["train_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_run_mixup_targets_follow_the_alpha(run):
+    mixing = run.recipe.data.augment.mixup_alpha > 0
+    for inputs, _, targets in run.batches:
+        assert targets.dim() == (2 if mixing else 1)
+        if mixing:
+            torch.testing.assert_close(targets.sum(1), torch.ones(len(targets)))
+            assert ((targets > 0).sum(1) <= 2).all()  # each row mixes its own label with one other
+
+
+def test_run_epochs_batches_and_split_sizes(run):
+    assert len(run.metrics["history"]) == run.recipe.train.epochs
+    assert [len(inputs) for inputs, _, _ in run.batches] == run.expect["train_batches"]
+    assert run.metrics["data"] == run.expect["sizes"]
+    val_batches, test_batches = run.evaluations[0][0], run.evaluations[-1][0]
+    assert val_batches == run.expect["eval_batches"]
+    assert all(size <= run.recipe.eval.batch_size for size in test_batches)
+    assert sum(test_batches) == run.expect["sizes"]["test"]
+    assert len(test_batches) == math.ceil(run.expect["sizes"]["test"] / run.recipe.eval.batch_size)
+
+
+def test_run_inputs_follow_the_input_spec(run):
+    spec = run.expect["spec"]
+    for sizes, images, preprocessor in run.evaluations:
+        assert preprocessor.spec == spec
+        pixels, _ = preprocessor(images, torch.zeros(len(images), dtype=torch.long), train=False)
+        resized = TF.resize(images.float() / 255, [spec.image_size] * 2, antialias=True)
+        expected = (resized - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+        torch.testing.assert_close(pixels, expected, rtol=1e-5, atol=1e-5)
+    assert {tuple(inputs.shape[1:]) for inputs, _, _ in run.batches} == {(3, spec.image_size, spec.image_size)}
+    saved = json.loads((run.run_dir / "best" / "preprocessor_config.json").read_text())
+    assert (saved["size"]["height"], saved["image_mean"], saved["image_std"]) == (
+        spec.image_size, list(spec.mean), list(spec.std))
+
+
+def test_run_starts_from_the_weights_the_seed_gives(run):
+    recipe = run.recipe
+    set_seed(recipe.seed)
+    model = build_model(recipe.model, resolve_input_spec(recipe.model, recipe.data), list(CLASSES)).model
+    for name, weights in _named(model).items():
+        torch.testing.assert_close(run.initial[name], weights, rtol=0, atol=0, msg=name)
+
+
+def test_run_writes_step_checkpoints_at_the_asked_steps(run):
+    assert [step for step, inside_epoch in run.checkpoints if inside_epoch] == run.expect["step_checkpoints"]
+    steps_per_epoch = len(run.steps) // run.recipe.train.epochs
+    assert [step for step, inside_epoch in run.checkpoints if not inside_epoch] == [
+        steps_per_epoch * (epoch + 1) for epoch in range(run.recipe.train.epochs)]
+
+
+def test_run_trackers_and_explain_output(run):
+    logs = run.run_dir / "logs" / "hfvision"
+    if run.recipe.train.report_to == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(logs))
+        events.Reload()
+        logged = events.Scalars("train_loss")
+        assert [e.step for e in logged] == [h["epoch"] for h in run.metrics["history"]]
+        assert [e.value for e in logged] == pytest.approx([h["train_loss"] for h in run.metrics["history"]])
+    else:
+        assert not logs.exists()
+    assert (run.run_dir / "gradcam_per_class.png").exists() == run.recipe.eval.explain
+
+
+def test_run_latency_is_measured_at_the_asked_batch_size(run):
+    timing = run.metrics["timing"]
+    assert timing["latency_batch_size"] == run.recipe.eval.latency_batch_size
+    assert timing["images_per_second"] == pytest.approx(
+        run.recipe.eval.latency_batch_size / (timing["inference_ms_per_batch"] / 1000))
