@@ -365,3 +365,202 @@ def test_run_latency_is_measured_at_the_asked_batch_size(run):
     assert timing["latency_batch_size"] == run.recipe.eval.latency_batch_size
     assert timing["images_per_second"] == pytest.approx(
         run.recipe.eval.latency_batch_size / (timing["inference_ms_per_batch"] / 1000))
+
+
+# ---------------------------------------------------------------------------------------------- optimiser, schedule
+
+
+class TinyNet(nn.Module):
+    """A 2-layer classifier with the HF call shape (``pixel_values=``) on 12 features, 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(12, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, pixel_values):
+        return self.out(torch.tanh(self.hidden(pixel_values.flatten(1))))
+
+
+@pytest.mark.parametrize("train", [
+    TrainRecipe(optimizer="adamw", learning_rate=0.1, weight_decay=0.3),
+    TrainRecipe(optimizer="adam", learning_rate=0.1, weight_decay=0.3),
+    TrainRecipe(optimizer="sgd", learning_rate=0.1, weight_decay=0.3, momentum=0.5),
+    TrainRecipe(optimizer="sgd", learning_rate=0.2, weight_decay=0.0, momentum=0.0),
+], ids=["adamw", "adam", "sgd_momentum", "sgd_plain"])
+def test_optimizer_steps_follow_the_hand_rule(train):
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = build_optimizer(model, train)
+    reference = HandOptimizer(train, {"hidden.weight", "out.weight"})
+    for _ in range(3):
+        before = _named(model)
+        grads = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+        for name, p in model.named_parameters():
+            p.grad = grads[name].clone()
+        optimizer.step()
+        expected = reference.step(before, grads, train.learning_rate)
+        for name, weights in _named(model).items():
+            torch.testing.assert_close(weights.double(), expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+# Multipliers worked out by hand, 10 optimiser steps per epoch, 4 epochs.
+SCHEDULES = {
+    # warmup 1 epoch: (k + 1) / 10; then cosine over the remaining 30 steps: 0.5 * (1 + cos(pi * (k - 10) / 30))
+    "cosine_warmup": (TrainRecipe(epochs=4, scheduler="cosine", warmup_epochs=1),
+                      {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 25: 0.5, 30: 0.25, 39: 0.5 * (1 + math.cos(math.pi * 29 / 30))}),
+    "cosine": (TrainRecipe(epochs=4, scheduler="cosine", warmup_epochs=0),
+               {0: 1.0, 20: 0.5, 10: 0.5 * (1 + math.cos(math.pi / 4))}),
+    # step every 2 epochs by 0.1 (the defaults step_size_epochs=10, step_gamma=0.1 would give 1.0 throughout)
+    "step": (TrainRecipe(epochs=4, scheduler="step", step_size_epochs=2, step_gamma=0.1),
+             {0: 1.0, 19: 1.0, 20: 0.1, 39: 0.1}),
+    "step_gamma": (TrainRecipe(epochs=4, scheduler="step", step_size_epochs=1, step_gamma=0.5),
+                   {0: 1.0, 9: 1.0, 10: 0.5, 25: 0.25, 39: 0.125}),
+    # half an epoch of warmup (5 steps), then step by 0.3 every epoch
+    "step_warmup": (TrainRecipe(epochs=4, scheduler="step", step_size_epochs=1, step_gamma=0.3, warmup_epochs=0.5),
+                    {0: 0.2, 4: 1.0, 5: 1.0, 10: 0.3, 20: 0.09}),
+    "constant": (TrainRecipe(epochs=4, scheduler="constant"), {0: 1.0, 17: 1.0, 39: 1.0}),
+    "constant_warmup": (TrainRecipe(epochs=4, scheduler="constant", warmup_epochs=2),
+                        {0: 0.05, 9: 0.5, 19: 1.0, 20: 1.0, 39: 1.0}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_schedule_gives_the_hand_computed_rate(name):
+    train, expected = SCHEDULES[name]
+    train.learning_rate = 0.2
+    for step, factor in expected.items():
+        assert lr_multiplier(step, train=train, steps_per_epoch=10) == pytest.approx(factor), step
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=train.learning_rate)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):  # the rate each optimiser step uses
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    for step, factor in expected.items():
+        assert rates[step] == pytest.approx(0.2 * factor), step
+
+
+# ---------------------------------------------------------------------------------------------- the loop on a tiny net
+
+
+def tiny_data(count=24, seed=0) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(count, 12, generator=generator), torch.randint(0, 3, (count,), generator=generator))
+
+
+def train_tiny(run_dir: Path, train: TrainRecipe, data: TensorDataset) -> tuple[TrainingParts, list[dict]]:
+    """The pipeline's wiring (``_make_accelerator``, optimiser, schedule, EMA, ``prepare``) around ``TinyNet``,
+    then ``train_one_epoch`` per epoch; returns the parts and each optimiser step's weights after it."""
+    recipe = Recipe(train=train, output_dir=str(run_dir))
+    accelerator = pipeline._make_accelerator(recipe, run_dir)
+    torch.manual_seed(0)
+    model = TinyNet()
+    loader = DataLoader(data, batch_size=train.batch_size, shuffle=False)
+    optimizer = build_optimizer(model, train)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(loader), train.gradient_accumulation_steps))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ema = make_ema(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay is not None else None
+    parts = TrainingParts(accelerator, model, optimizer, scheduler, loader, None, train, 0, ema)
+    after_steps = []
+    optimizer.optimizer.register_step_post_hook(lambda *_: after_steps.append(_named(model)))
+    state = fresh_trainer_state()
+    with StopSignals() as signals:
+        checkpoints = StepCheckpoints(parts, run_dir, state, signals)
+        for epoch in range(train.epochs):
+            trainer.train_one_epoch(parts, epoch, state, checkpoints)
+    assert state["global_step"] == len(after_steps)
+    return parts, after_steps
+
+
+def test_accumulation_equals_one_large_batch(tmp_path):
+    """3 micro-batches of 4 with accumulation 3 = batches of 12: same weights, same schedule, same clipping."""
+    common = dict(epochs=2, optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=0.5, scheduler="cosine",
+                  warmup_epochs=0.5, max_grad_norm=0.3, report_to="none")
+    accumulated, steps = train_tiny(tmp_path / "a", TrainRecipe(batch_size=4, gradient_accumulation_steps=3, **common),
+                                    tiny_data())
+    large, large_steps = train_tiny(tmp_path / "b", TrainRecipe(batch_size=12, **common), tiny_data())
+    assert len(steps) == len(large_steps) == 4
+    for after, large_after in zip(steps, large_steps):
+        for name, weights in large_after.items():
+            torch.testing.assert_close(after[name], weights, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.5])
+def test_ema_is_the_decay_weighted_average_of_the_step_weights(tmp_path, decay):
+    train = TrainRecipe(epochs=1, batch_size=4, learning_rate=0.3, optimizer="sgd", momentum=0.0, ema_decay=decay,
+                        report_to="none")
+    parts, steps = train_tiny(tmp_path, train, tiny_data())
+    ema = steps[0]  # AveragedModel copies the weights at its first update
+    for after in steps[1:]:
+        ema = {name: decay * ema[name] + (1 - decay) * after[name] for name in ema}
+    for name, weights in _named(parts.kept_model()).items():
+        torch.testing.assert_close(weights, ema[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("patience,epochs_run", [(None, 9), (1, 3), (2, 4), (3, 8)])
+def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patience, epochs_run):
+    # validation accuracies per epoch; epochs without a better one after each: 0 0 1 2 0 1 2 3 0
+    accuracies = iter([0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.7, 0.9])
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *_: {"train_loss": 0.0, "train_accuracy": 0.0,
+                                                                 "learning_rate": 0.0, "epoch_seconds": 0.0})
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda *_: None)
+    monkeypatch.setattr(trainer, "save_model_dir", lambda *_: None)
+    train = TrainRecipe(epochs=9, early_stopping_patience=patience, report_to="none")
+    parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
+    state = trainer.train(parts, fresh_trainer_state(), validate=lambda model: {"loss": 0.0, "accuracy": next(accuracies)},
+                          image_processor=None, run_dir=tmp_path)
+    assert len(state["history"]) == epochs_run
+    assert state["stopped_early"] == (patience is not None)
+    assert state["best_epoch"] == (9 if epochs_run == 9 else 5 if epochs_run == 8 else 2)
+
+
+@pytest.mark.parametrize("every_steps,every_minutes,written", [
+    (None, None, []),
+    (3, None, [3, 6, 9]),
+    (4, None, [4, 8]),
+    (None, 0.5, [2, 4, 6, 8, 10]),  # 20 s per step: 30 s have passed at every second step
+    (None, 1.0, [3, 6, 9]),
+])
+def test_step_checkpoints_every_n_steps_or_minutes(tmp_path, monkeypatch, every_steps, every_minutes, written):
+    clock = iter(range(0, 1000, 20))
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    saved = []
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda accelerator, run_dir, state: saved.append(state["global_step"]))
+    train = TrainRecipe(checkpoint_every_steps=every_steps, checkpoint_every_minutes=every_minutes)
+    parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
+    state = fresh_trainer_state()
+    with StopSignals() as signals:
+        checkpoints = StepCheckpoints(parts, tmp_path, state, signals)  # reads the clock once: t = 0
+        for step in range(1, 11):
+            state["global_step"] = step
+            checkpoints.after_step(0, step, torch.zeros(3), 0.0)
+    assert saved == written
+
+
+@pytest.mark.parametrize("precision,dtype", [("no", torch.float32), ("bf16", torch.bfloat16)])
+def test_mixed_precision_runs_the_forward_in_that_precision(tmp_path, precision, dtype):
+    recipe = Recipe(train=TrainRecipe(mixed_precision=precision, report_to="none"), output_dir=str(tmp_path))
+    accelerator = pipeline._make_accelerator(recipe, tmp_path)
+    model = accelerator.prepare(TinyNet())
+    seen = []
+    model.hidden.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    model(torch.randn(2, 12))  # Accelerate hands the logits back in float32 either way
+    assert seen == [dtype]
+
+
+def test_latency_is_timed_on_batches_of_the_asked_size():
+    shapes = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, pixel_values):
+            shapes.append(tuple(pixel_values.shape))
+            return self.linear(pixel_values.mean(dim=(2, 3)))
+
+    timing = inference_latency(Recorder(), 12, batch_size=5, warmup=1, iterations=2)
+    assert shapes == [(5, 3, 12, 12)] * 3 and timing["latency_batch_size"] == 5
