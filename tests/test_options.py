@@ -564,3 +564,147 @@ def test_latency_is_timed_on_batches_of_the_asked_size():
 
     timing = inference_latency(Recorder(), 12, batch_size=5, warmup=1, iterations=2)
     assert shapes == [(5, 3, 12, 12)] * 3 and timing["latency_batch_size"] == 5
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def distinct_images(count=8, size=8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+IDENTITY = InputSpec(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # pixels / 255, no resize
+
+
+@pytest.mark.parametrize("padding,flip", [(0, False), (0, True), (3, False), (2, True)])
+def test_crop_padding_and_flip_follow_the_recipe(padding, flip):
+    images = distinct_images()
+    prep = BatchPreprocessor(IDENTITY, AugmentRecipe(random_crop_padding=padding, horizontal_flip=flip))
+    out, _ = prep(images, torch.zeros(8, dtype=torch.long), train=True, generator=torch.Generator().manual_seed(11))
+    replay = torch.Generator().manual_seed(11)  # the same draws, in the documented order: crop offsets, then flips
+    if padding:
+        tops, lefts = (torch.randint(0, 2 * padding + 1, (8,), generator=replay) for _ in range(2))
+    flips = torch.rand(8, generator=replay) < 0.5 if flip else torch.zeros(8, dtype=torch.bool)
+    for i, image in enumerate(images.float() / 255):
+        if padding:
+            padded = F.pad(image, (padding,) * 4)
+            image = padded[:, tops[i]:tops[i] + 8, lefts[i]:lefts[i] + 8]
+        expected = image.flip(-1) if flips[i] else image
+        torch.testing.assert_close(out[i], expected)
+    eval_out, _ = prep(images, torch.zeros(8, dtype=torch.long), train=False)
+    torch.testing.assert_close(eval_out, images.float() / 255)  # evaluation never augments
+
+
+@pytest.mark.parametrize("name", [None, "randaugment", "trivialaugment"])
+def test_auto_augment_is_the_named_torchvision_policy(name):
+    images = distinct_images(6, 16)
+    spec = InputSpec(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    prep = BatchPreprocessor(spec, AugmentRecipe(random_crop_padding=0, horizontal_flip=False, auto_augment=name))
+    policies = {"randaugment": v2.RandAugment(), "trivialaugment": v2.TrivialAugmentWide(), None: lambda image: image}
+    outputs = {}
+    for policy_name, policy in policies.items():
+        torch.manual_seed(5)  # policies draw from the global RNG, one draw per image
+        outputs[policy_name] = torch.stack([policy(image) for image in images]).float() / 255
+    torch.manual_seed(5)
+    out, _ = prep(images, torch.zeros(6, dtype=torch.long), train=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, outputs[name])
+    assert all(not torch.equal(out, other) for key, other in outputs.items() if key != name)
+
+
+def observed_mix(images: torch.Tensor, mixed: torch.Tensor, soft: torch.Tensor) -> tuple[str, float]:
+    """Which mix one batch got and its weight, read off the output; checks images and labels agree on it.
+    ``images`` are distinct per sample and labelled 0..B-1, so ``soft[i, i]`` is the weight of image i's own."""
+    own, other = images.float() / 255, images.float().roll(1, 0) / 255
+    lam = float(soft[0, 0])
+    torch.testing.assert_close(soft.diagonal(), torch.full((len(soft),), lam))  # one weight for the whole batch
+    torch.testing.assert_close(soft.roll(1, 1).diagonal(), torch.full((len(soft),), 1 - lam))
+    if lam in (0.0, 1.0):  # an empty (or full) cutmix box and a mixup with lam 1 (or 0) look the same
+        torch.testing.assert_close(mixed, own if lam == 1.0 else other)
+        return "either", lam
+    if torch.allclose(mixed, lam * own + (1 - lam) * other, atol=1e-5):
+        return "mixup", lam
+    from_own = (mixed == own).all(dim=1)  # (B, H, W): pixels pasted from the neighbour are the cutmix box
+    assert ((mixed == own) | (mixed == other)).all()
+    assert from_own.float().mean(dim=(1, 2)).tolist() == pytest.approx([lam] * len(soft))
+    return "cutmix", lam
+
+
+def mixes(augment: AugmentRecipe, draws: int) -> list[tuple[str, float]]:
+    images = distinct_images(4, 16)
+    prep = BatchPreprocessor(InputSpec(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), augment, num_classes=4)
+    torch.manual_seed(0)
+    found = []
+    for _ in range(draws):
+        mixed, soft = prep(images, torch.arange(4), train=True, generator=torch.Generator().manual_seed(0))
+        found.append(observed_mix(images, mixed, soft))
+    return found
+
+
+def no_crop_no_flip(**alphas) -> AugmentRecipe:
+    return AugmentRecipe(random_crop_padding=0, horizontal_flip=False, **alphas)
+
+
+@pytest.mark.parametrize("alpha", [0.4, 2.0])
+def test_mixup_weights_are_beta_alpha_alpha(alpha):
+    found = mixes(no_crop_no_flip(mixup_alpha=alpha), 300)
+    assert {kind for kind, _ in found} <= {"mixup", "either"}
+    lams = [lam for _, lam in found]
+    assert scipy.stats.kstest(lams, scipy.stats.beta(alpha, alpha).cdf).pvalue > 0.01
+
+
+def simulated_cutmix_weights(alpha: float, size: int, draws: int, seed: int = 0) -> np.ndarray:
+    """CutMix (Yun et al. 2019, as torchvision implements it): lam ~ Beta(alpha, alpha), a box of half-sides
+    int(size * sqrt(1 - lam) / 2) around a uniform centre, clipped to the image; the weight is the uncovered area."""
+    rng = np.random.default_rng(seed)
+    lam = rng.beta(alpha, alpha, draws)
+    half = (0.5 * np.sqrt(1 - lam) * size).astype(int)
+    cx, cy = rng.integers(0, size, draws), rng.integers(0, size, draws)
+    width = np.minimum(cx + half, size) - np.maximum(cx - half, 0)
+    height = np.minimum(cy + half, size) - np.maximum(cy - half, 0)
+    return 1 - width * height / size ** 2
+
+
+@pytest.mark.parametrize("alpha", [0.5, 3.0])
+def test_cutmix_weights_follow_beta_alpha_alpha_boxes(alpha):
+    found = mixes(no_crop_no_flip(cutmix_alpha=alpha), 300)
+    assert {kind for kind, _ in found} <= {"cutmix", "either"}
+    lams = [lam for _, lam in found]
+    assert scipy.stats.ks_2samp(lams, simulated_cutmix_weights(alpha, 16, 4000)).pvalue > 0.01
+
+
+def test_no_alpha_no_mix_and_both_alphas_pick_one_per_batch():
+    images = distinct_images(4, 16)
+    plain = BatchPreprocessor(InputSpec(16, (0.0,) * 3, (1.0,) * 3), no_crop_no_flip(), num_classes=4)
+    out, labels = plain(images, torch.arange(4), train=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(labels, torch.arange(4)) and torch.equal(out, images.float() / 255)
+    kinds = [kind for kind, _ in mixes(no_crop_no_flip(mixup_alpha=1.0, cutmix_alpha=1.0), 40)]
+    assert 10 <= kinds.count("mixup") <= 30 and 10 <= kinds.count("cutmix") <= 30
+
+
+# ---------------------------------------------------------------------------------------------- data and input spec
+
+
+@pytest.mark.parametrize("fraction,max_train,max_eval,sizes", [
+    (0.1, None, None, (2700, 300, 600)),  # synthetic: 3000 train images, 600 test
+    (0.1, 100, 40, (100, 40, 40)),
+    (0.25, 500, None, (500, 750, 600)),
+])
+def test_val_fraction_and_sample_limits(fraction, max_train, max_eval, sizes):
+    recipe = DataRecipe(val_fraction=fraction, max_train_samples=max_train, max_eval_samples=max_eval)
+    splits, *_ = split_dataset(load_raw("synthetic"), recipe, seed=0)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == sizes
+
+
+def test_input_spec_precedence(tiny_pretrained_dirs):
+    vit = ModelRecipe(name=str(tiny_pretrained_dirs["vit"]))  # its processor: 32 px, mean = std = 0.5
+    assert resolve_input_spec(vit, DataRecipe()) == InputSpec(32, (0.5,) * 3, (0.5,) * 3)
+    data = DataRecipe(image_size=48, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6])
+    assert resolve_input_spec(vit, data) == InputSpec(48, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert resolve_input_spec(vit, DataRecipe(std=[0.4, 0.5, 0.6])) == InputSpec(32, (0.5,) * 3, (0.4, 0.5, 0.6))
+    scratch = ModelRecipe(name="scratch_vit", config={"image_size": 24})
+    assert resolve_input_spec(scratch, DataRecipe()).image_size == 24
+    assert resolve_input_spec(ModelRecipe(name="scratch_vit"), DataRecipe(image_size=40)).image_size == 40
+    assert resolve_input_spec(scratch, DataRecipe(mean=[0.2, 0.2, 0.2])).mean == (0.2, 0.2, 0.2)
+    with pytest.raises(RecipeError, match="data.image_size: 40 differs from model.config.image_size 24"):
+        resolve_input_spec(scratch, DataRecipe(image_size=40))
