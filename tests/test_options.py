@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-import hfvision.pipeline as pipeline
-import hfvision.training.trainer as trainer
+from hfvision import pipeline
 from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import load_raw, split_dataset
 from hfvision.data.synthetic import CLASSES
@@ -37,11 +36,25 @@ from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import RecipeError
 from hfvision.evaluation.profile import inference_latency
 from hfvision.models.factory import build_model, resolve_input_spec
-from hfvision.recipe import AugmentRecipe, DataRecipe, ModelRecipe, Recipe, TrainRecipe, load_recipe
+from hfvision.recipe import (
+    AugmentRecipe,
+    DataRecipe,
+    ModelRecipe,
+    Recipe,
+    TrainRecipe,
+    load_recipe,
+)
 from hfvision.spec import InputSpec
+from hfvision.training import trainer
 from hfvision.training.checkpoint import fresh_trainer_state
 from hfvision.training.optim import build_optimizer, build_scheduler, lr_multiplier
-from hfvision.training.trainer import StepCheckpoints, StopSignals, TrainingParts, make_ema, steps_per_epoch
+from hfvision.training.trainer import (
+    StepCheckpoints,
+    StopSignals,
+    TrainingParts,
+    make_ema,
+    steps_per_epoch,
+)
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 64}
@@ -348,7 +361,9 @@ def test_run_writes_step_checkpoints_at_the_asked_steps(run):
 def test_run_trackers_and_explain_output(run):
     logs = run.run_dir / "logs" / "hfvision"
     if run.recipe.train.report_to == "tensorboard":
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         events = EventAccumulator(str(logs))
         events.Reload()
@@ -478,9 +493,9 @@ def test_accumulation_equals_one_large_batch(tmp_path):
     """3 micro-batches of 4 with accumulation 3 = batches of 12: same weights, same schedule, same clipping."""
     common = dict(epochs=2, optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=0.5, scheduler="cosine",
                   warmup_epochs=0.5, max_grad_norm=0.3, report_to="none")
-    accumulated, steps = train_tiny(tmp_path / "a", TrainRecipe(batch_size=4, gradient_accumulation_steps=3, **common),
+    _, steps = train_tiny(tmp_path / "a", TrainRecipe(batch_size=4, gradient_accumulation_steps=3, **common),
                                     tiny_data())
-    large, large_steps = train_tiny(tmp_path / "b", TrainRecipe(batch_size=12, **common), tiny_data())
+    _, large_steps = train_tiny(tmp_path / "b", TrainRecipe(batch_size=12, **common), tiny_data())
     assert len(steps) == len(large_steps) == 4
     for after, large_after in zip(steps, large_steps):
         for name, weights in large_after.items():
