@@ -711,6 +711,21 @@ def test_val_fraction_and_sample_limits(fraction, max_train, max_eval, sizes):
     assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == sizes
 
 
+def test_image_and_label_columns_named_in_the_recipe_are_used():
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+    photos, sketches = np.zeros((20, 4, 4, 3), np.uint8), np.full((20, 4, 4, 3), 200, np.uint8)
+    features = Features({"photo": Image(), "sketch": Image(), "fine": ClassLabel(names=["a", "b", "c", "d"]),
+                         "coarse": ClassLabel(names=["x", "y"])})
+    raw = DatasetDict({"train": Dataset.from_dict({"photo": list(photos), "sketch": list(sketches),
+                                                   "fine": [i % 4 for i in range(20)], "coarse": [i % 2 for i in range(20)]},
+                                                  features=features)})
+    for image_column, label_column, names in (("photo", "fine", ["a", "b", "c", "d"]), ("sketch", "coarse", ["x", "y"])):
+        recipe = DataRecipe(image_column=image_column, label_column=label_column, val_fraction=0.5)
+        _, found_image, found_label, found_names = split_dataset(raw, recipe, seed=0)
+        assert (found_image, found_label, found_names) == (image_column, label_column, names)
+
+
 def test_input_spec_precedence(tiny_pretrained_dirs):
     vit = ModelRecipe(name=str(tiny_pretrained_dirs["vit"]))  # its processor: 32 px, mean = std = 0.5
     assert resolve_input_spec(vit, DataRecipe()) == InputSpec(32, (0.5,) * 3, (0.5,) * 3)
