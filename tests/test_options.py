@@ -91,13 +91,14 @@ RUNS = {
             "train.epochs": 2, "train.batch_size": 40, "train.learning_rate": 0.05, "train.optimizer": "sgd",
             "train.momentum": 0.5, "train.weight_decay": 0.01, "train.scheduler": "step",
             "train.step_size_epochs": 1, "train.step_gamma": 0.5, "train.warmup_epochs": 0,
-            "train.max_grad_norm": None, "train.label_smoothing": 0.0, "train.ema_decay": None,
+            "train.gradient_accumulation_steps": 2, "train.max_grad_norm": None, "train.label_smoothing": 0.0, "train.ema_decay": None,
             "train.checkpoint_every_steps": None, "train.report_to": "none",
             "eval.batch_size": 256, "eval.latency_batch_size": 8, "eval.explain": False,
         },
         "expect": {
-            # 120 / 40 = 3 steps per epoch; the step schedule halves the rate after each epoch
-            "lr_factors": [1.0, 1.0, 1.0, 0.5, 0.5, 0.5],
+            # 120 / 40 = 3 batches per epoch, accumulated 2 + 1: 2 optimiser steps per epoch (the last one at the
+            # end of the loader); the step schedule halves the rate after each epoch
+            "lr_factors": [1.0, 1.0, 0.5, 0.5],
             "epoch_end_lr_factors": [0.5, 0.25],
             "train_batches": [40] * 6,
             # synthetic has 3000 train images: 2% (60) for validation; the 600 test images, all of them
@@ -353,9 +354,9 @@ def test_run_starts_from_the_weights_the_seed_gives(run):
 
 def test_run_writes_step_checkpoints_at_the_asked_steps(run):
     assert [step for step, inside_epoch in run.checkpoints if inside_epoch] == run.expect["step_checkpoints"]
-    steps_per_epoch = len(run.steps) // run.recipe.train.epochs
+    steps = len(run.steps) // run.recipe.train.epochs
     assert [step for step, inside_epoch in run.checkpoints if not inside_epoch] == [
-        steps_per_epoch * (epoch + 1) for epoch in range(run.recipe.train.epochs)]
+        steps * (epoch + 1) for epoch in range(run.recipe.train.epochs)]
 
 
 def test_run_trackers_and_explain_output(run):
