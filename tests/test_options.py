@@ -1,6 +1,6 @@
 """Every recipe option has a test that fails when the option is ignored or hard-coded (issue 14).
 
-Two tiny runs of the real pipeline (``fit``), A and B, set the options to different values. A spy around the
+Two tiny runs of the real pipeline (``fit``, marked slow: a few CPU seconds each), A and B, set the options to different values. A spy around the
 trainer records every optimiser step (weights before and after, gradients before and after clipping, learning
 rates), every training batch (inputs, logits, targets), every evaluation loader and every checkpoint write, and
 the tests compare what happened with hand computations: the optimiser update rules, the schedule, clipping, the
@@ -254,6 +254,7 @@ def total_norm(grads: dict) -> float:
 # ---------------------------------------------------------------------------------------------- the two runs
 
 
+@pytest.mark.slow
 def test_run_lr_at_every_step_is_the_scheduled_one(run):
     train = run.recipe.train
     assert len(run.steps) == len(run.expect["lr_factors"])
@@ -264,6 +265,7 @@ def test_run_lr_at_every_step_is_the_scheduled_one(run):
         [train.learning_rate * f for f in run.expect["epoch_end_lr_factors"]])
 
 
+@pytest.mark.slow
 def test_run_optimizer_updates_follow_the_hand_rule(run):
     """Optimizer, learning rate, momentum and weight decay: every step's weights from the hand update rule."""
     train = run.recipe.train
@@ -275,6 +277,7 @@ def test_run_optimizer_updates_follow_the_hand_rule(run):
             torch.testing.assert_close(weights.double(), expected[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow
 def test_run_clipping_bounds_the_applied_gradient_norm(run):
     max_norm = run.recipe.train.max_grad_norm
     clipped = 0
@@ -286,6 +289,7 @@ def test_run_clipping_bounds_the_applied_gradient_norm(run):
     assert clipped >= (len(run.steps) // 2 if max_norm is not None else 0)  # the test would see a missing clip
 
 
+@pytest.mark.slow
 def test_run_kept_weights_are_the_hand_computed_ema(run):
     """torch's ``AveragedModel`` copies the weights at the first update, then averages: e = d * e + (1 - d) * w."""
     decay = run.recipe.train.ema_decay
@@ -300,6 +304,7 @@ def test_run_kept_weights_are_the_hand_computed_ema(run):
     assert (run.parts.ema is None) == (decay is None)
 
 
+@pytest.mark.slow
 def test_run_train_loss_is_the_label_smoothed_cross_entropy(run):
     eps = run.recipe.train.label_smoothing
     per_epoch = len(run.batches) // run.recipe.train.epochs
@@ -310,6 +315,7 @@ def test_run_train_loss_is_the_label_smoothed_cross_entropy(run):
         assert record["train_loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_run_mixup_targets_follow_the_alpha(run):
     mixing = run.recipe.data.augment.mixup_alpha > 0
     for inputs, _, targets in run.batches:
@@ -319,6 +325,7 @@ def test_run_mixup_targets_follow_the_alpha(run):
             assert ((targets > 0).sum(1) <= 2).all()  # each row mixes its own label with one other
 
 
+@pytest.mark.slow
 def test_run_epochs_batches_and_split_sizes(run):
     assert len(run.metrics["history"]) == run.recipe.train.epochs
     assert [len(inputs) for inputs, _, _ in run.batches] == run.expect["train_batches"]
@@ -330,6 +337,7 @@ def test_run_epochs_batches_and_split_sizes(run):
     assert len(test_batches) == math.ceil(run.expect["sizes"]["test"] / run.recipe.eval.batch_size)
 
 
+@pytest.mark.slow
 def test_run_inputs_follow_the_input_spec(run):
     spec = run.expect["spec"]
     for sizes, images, preprocessor in run.evaluations:
@@ -344,6 +352,7 @@ def test_run_inputs_follow_the_input_spec(run):
         spec.image_size, list(spec.mean), list(spec.std))
 
 
+@pytest.mark.slow
 def test_run_starts_from_the_weights_the_seed_gives(run):
     recipe = run.recipe
     set_seed(recipe.seed)
@@ -352,6 +361,7 @@ def test_run_starts_from_the_weights_the_seed_gives(run):
         torch.testing.assert_close(run.initial[name], weights, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_run_writes_step_checkpoints_at_the_asked_steps(run):
     assert [step for step, inside_epoch in run.checkpoints if inside_epoch] == run.expect["step_checkpoints"]
     steps = len(run.steps) // run.recipe.train.epochs
@@ -359,6 +369,7 @@ def test_run_writes_step_checkpoints_at_the_asked_steps(run):
         steps * (epoch + 1) for epoch in range(run.recipe.train.epochs)]
 
 
+@pytest.mark.slow
 def test_run_trackers_and_explain_output(run):
     logs = run.run_dir / "logs" / "hfvision"
     if run.recipe.train.report_to == "tensorboard":
@@ -376,6 +387,7 @@ def test_run_trackers_and_explain_output(run):
     assert (run.run_dir / "gradcam_per_class.png").exists() == run.recipe.eval.explain
 
 
+@pytest.mark.slow
 def test_run_latency_is_measured_at_the_asked_batch_size(run):
     timing = run.metrics["timing"]
     assert timing["latency_batch_size"] == run.recipe.eval.latency_batch_size
@@ -515,8 +527,8 @@ def test_ema_is_the_decay_weighted_average_of_the_step_weights(tmp_path, decay):
         torch.testing.assert_close(weights, ema[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("patience,epochs_run", [(None, 9), (1, 3), (2, 4), (3, 8)])
-def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patience, epochs_run):
+@pytest.mark.parametrize("patience,epochs_run,best_epoch", [(None, 9, 9), (1, 3, 2), (2, 4, 2), (3, 8, 5)])
+def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patience, epochs_run, best_epoch):
     # validation accuracies per epoch; epochs without a better one after each: 0 0 1 2 0 1 2 3 0
     accuracies = iter([0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.7, 0.9])
     monkeypatch.setattr(trainer, "train_one_epoch", lambda *_: {"train_loss": 0.0, "train_accuracy": 0.0,
@@ -529,7 +541,7 @@ def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patie
                           image_processor=None, run_dir=tmp_path)
     assert len(state["history"]) == epochs_run
     assert state["stopped_early"] == (patience is not None)
-    assert state["best_epoch"] == (9 if epochs_run == 9 else 5 if epochs_run == 8 else 2)
+    assert state["best_epoch"] == best_epoch
 
 
 @pytest.mark.parametrize("every_steps,every_minutes,written", [
