@@ -23,7 +23,6 @@ from hfvision import (
     ScratchViTForImageClassification,
 )
 from hfvision.data.synthetic import CLASSES, make_images
-from hfvision.data.transforms import BatchPreprocessor
 from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, synthetic_localization
 from hfvision.explain.gradcam import GradCam, TokenGrid, _norm_with_constant_scale, find_target
 from hfvision.explain.rollout import attention_rollout
@@ -230,8 +229,20 @@ def test_pca_and_per_class_helpers(tmp_path):
     assert (tmp_path / "pca.png").stat().st_size > 10_000
 
 
-def test_preprocessor_for_explain_matches_training():
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    x, _ = BatchPreprocessor(NORM)(images, torch.zeros(2), train=False)
-    _, _, pixels = heatmaps(family_models()["scratch_vit"], NORM, images)
-    torch.testing.assert_close(pixels, x)
+@pytest.mark.parametrize("size", [32, 16])
+def test_heatmaps_explain_the_images_as_training_feeds_them(size):
+    """The pixels are the images resized (torchvision) and normalised by hand; the maps are Grad-CAM's on them."""
+    from torchvision.transforms.v2 import functional as TF
+
+    spec = InputSpec(size, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resized = TF.resize(images.float() / 255, [size, size], antialias=True)
+    expected = (resized - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+    torch.manual_seed(0)
+    model = ScratchViTForImageClassification(ScratchViTConfig(image_size=size, patch_size=4, hidden_size=32,
+                                                              num_hidden_layers=2, num_attention_heads=2, num_labels=4))
+    heat, classes, pixels = heatmaps(model, spec, images)
+    torch.testing.assert_close(pixels, expected, rtol=1e-5, atol=1e-5)
+    reference_heat, reference_classes = GradCam(model)(expected)
+    np.testing.assert_allclose(heat, reference_heat.numpy(), rtol=1e-4, atol=1e-5)
+    assert classes.tolist() == reference_classes.tolist() == model(pixel_values=expected).logits.argmax(1).tolist()
