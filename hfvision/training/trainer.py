@@ -48,8 +48,8 @@ class RunInterrupted(Exception):
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """Exponential moving average of weights and buffers (BatchNorm statistics too): after each optimiser step,
-    ``ema = decay * ema + (1 - decay) * weights``."""
+    """Exponential moving average of weights and buffers (BatchNorm statistics too): the first optimiser step's
+    weights are copied, then after each step ``ema = decay * ema + (1 - decay) * weights`` (torch's AveragedModel)."""
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
