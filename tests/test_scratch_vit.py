@@ -316,3 +316,14 @@ def test_fixed_tables_are_unsaved_buffers_computed_once_per_grid(scheme, referen
     assert positions.table_6x6.dtype == torch.float64
     model.to("meta")  # ... and a new grid's table goes where the others are
     assert positions.table((5, 5)).device.type == "meta"
+
+
+@pytest.mark.parametrize("position_embedding", ["learned", "sincos1d", "sincos2d", "rope", "none"])
+def test_torch_flop_counter_runs_on_every_position_scheme(position_embedding):
+    """The FLOP counter tracks module inputs; a parameter passed into a module call would break it under no_grad."""
+    from hfvision.evaluation.profile import flops_per_image
+
+    model = ScratchViTForImageClassification(ScratchViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        position_embedding=position_embedding))
+    assert flops_per_image(model, 32) > 0

@@ -195,7 +195,7 @@ def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
 class NoPositions(nn.Module):
     """``none``: tokens carry no position code. Also the call shape that every scheme shares:
 
-    - ``scheme(patches (B, h*w, D), cls (B, 1, D), grid, learned_table)`` -> ``(patches, cls)`` with the absolute
+    - ``scheme.add_to(patches (B, h*w, D), cls (B, 1, D), grid, learned_table)`` -> ``(patches, cls)`` with the absolute
       position code added. ``learned_table`` is the model's ``position_table`` (None unless ``learned``): it stays
       a parameter of the model so that saved files keep the transformers ViT name ``vit.position_table``.
     - ``scheme.rope_angles(grid)`` -> (h*w, head_dim/2) rotary angles for the patch queries and keys, or None.
@@ -209,7 +209,7 @@ class NoPositions(nn.Module):
     def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
         super().__init__()
 
-    def forward(self, patches: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int],
+    def add_to(self, patches: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int],
                 learned_table: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         return patches, cls
 
@@ -238,7 +238,7 @@ class LearnedPositions(NoPositions):
         patches = resample_grid(table[:, self.num_cls_rows:], (side, side), grid)
         return torch.cat([table[:, :self.num_cls_rows], patches], dim=1)
 
-    def forward(self, patches, cls, grid, learned_table=None):
+    def add_to(self, patches, cls, grid, learned_table=None):
         table = self.resample(learned_table, grid)
         if self.num_cls_rows:
             cls = cls + table[:, :1]
@@ -284,7 +284,7 @@ class SinCos1DPositions(FixedTablePositions):
     def compute(self, grid):
         return sincos_1d(self.num_cls_rows + grid[0] * grid[1], self.dim)
 
-    def forward(self, patches, cls, grid, learned_table=None):
+    def add_to(self, patches, cls, grid, learned_table=None):
         table = self.table(grid).to(patches.dtype)
         if self.num_cls_rows:
             cls = cls + table[:1]
@@ -297,7 +297,7 @@ class SinCos2DPositions(FixedTablePositions):
     def compute(self, grid):
         return sincos_2d(*grid, self.dim)
 
-    def forward(self, patches, cls, grid, learned_table=None):
+    def add_to(self, patches, cls, grid, learned_table=None):
         return patches + self.table(grid).to(patches.dtype), cls
 
 
@@ -539,7 +539,9 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         patches, grid = self.patch_embed(pixel_values)
         batch = patches.shape[0]
         cls = self.cls_token.expand(batch, -1, -1)
-        patches, cls = self.positions(patches, cls, grid, self.position_table)
+        # a method, not a module call: module hooks would see the learned table (a parameter) as an input, and
+        # torch's FLOP counter cannot track a leaf that requires grad under no_grad
+        patches, cls = self.positions.add_to(patches, cls, grid, self.position_table)
         prefix = [cls] if self.registers is None else [cls, self.registers.expand(batch, -1, -1)]
         x = self.dropout(torch.cat(prefix + [patches], dim=1))  # (B, prefix + h*w, D)
         rope_angles = self.positions.rope_angles(grid)
