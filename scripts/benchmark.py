@@ -300,9 +300,19 @@ def train_step_measure(model, forward, batch_size: int, steps: int, device, dtyp
     return measure
 
 
-def train_step_comparison(args, device, env) -> dict:
-    from hfvision.evaluation.profile import flops_per_image
+def forward_flops(model, forward, device) -> int:
+    """Forward FLOPs of one 32x32 image (torch's FLOP counter; on GPUs it counts SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
+    counter = FlopCounterMode(display=False)
+    model.eval()
+    with torch.no_grad(), counter:
+        forward(model, torch.zeros(1, 3, 32, 32, device=device))
+    model.train()
+    return int(counter.get_total_flops())
+
+
+def train_step_comparison(args, device, env) -> dict:
     dtypes = {"fp32": None} if device.type == "cpu" else {"bf16": torch.bfloat16}
     peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in (env["gpu"] or "")), None)
     rows, results = [], {}
@@ -314,10 +324,10 @@ def train_step_comparison(args, device, env) -> dict:
                         for name, (model, forward) in implementations.items()}
             speeds = {name: statistics.median(v) for name, v in alternate(measures, args.rounds).items()}
             base = speeds["timm VisionTransformer"]
-            for name, (model, _) in implementations.items():
+            for name, (model, forward) in implementations.items():
                 params = sum(p.numel() for p in model.parameters())
-                train_flops = 3 * flops_per_image(model, 32)  # forward + backward ~ 3x forward
-                mfu = speeds[name] * train_flops / peak if peak and dtype is not None else None
+                train_flops = 3 * forward_flops(model, forward, device) if dtype is not None else None  # GPU only
+                mfu = speeds[name] * train_flops / peak if peak and train_flops else None
                 rows.append([shape_name, name, precision, f"{params:,}", f"{speeds[name]:.1f}",
                              f"{speeds[name] / base:.3f}x", "-" if mfu is None else f"{100 * mfu:.1f}%"])
                 results.setdefault(shape_name, {})[f"{name} {precision}"] = {
@@ -679,8 +689,8 @@ def main(argv):
     parser.add_argument("--e2e-eval-images", type=int, default=2_000, help="validation and test images each")
     parser.add_argument("--e2e-epochs", type=int, default=1)
     parser.add_argument("--e2e-rounds", type=int, default=1)
-    parser.add_argument("--head-only-train-images", type=int, default=200)
-    parser.add_argument("--head-only-eval-images", type=int, default=100, help="validation and test images each")
+    parser.add_argument("--head-only-train-images", type=int, default=250)
+    parser.add_argument("--head-only-eval-images", type=int, default=50, help="validation and test images each")
     parser.add_argument("--head-only-epochs", type=int, default=10)
     parser.add_argument("--cifar10", type=Path, default=CIFAR10, help="real CIFAR-10 (Parquet, img/label)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")

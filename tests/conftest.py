@@ -1,11 +1,13 @@
 """Shared fixtures. Every test runs offline: a stray Hub call fails at once instead of waiting."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HFVISION_CACHE", tempfile.mkdtemp(prefix="hfvision-test-features-"))  # not ~/.cache
 
 from pathlib import Path  # noqa: E402
 
