@@ -55,14 +55,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_cli(main: callable, argv: list[str]) -> None:
+    from datasets.utils.logging import disable_progress_bar as disable_datasets_progress_bar
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     from hfvision.training.trainer import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    disable_progress_bars()  # per-file bars of save/load; the training loop keeps its own
+    disable_progress_bars()  # per-file bars of save/load and dataset preparation; the training loop keeps its own
     transformers_logging.disable_progress_bar()
+    disable_datasets_progress_bar()
     try:
         main(argv)
     except HfvisionError as exc:
