@@ -27,8 +27,10 @@ def fresh_trainer_state() -> dict:
 
 
 def read_trainer_state(checkpoint_dir: str | Path) -> dict | None:
+    """The saved trainer state; keys added since it was written (a checkpoint of an older hfvision, made at an
+    epoch end) take their fresh values."""
     state = Path(checkpoint_dir) / TRAINER_STATE
-    return json.loads(state.read_text()) if state.is_file() else None
+    return {**fresh_trainer_state(), **json.loads(state.read_text())} if state.is_file() else None
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: dict) -> None:
