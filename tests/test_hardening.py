@@ -220,3 +220,12 @@ def test_existing_run_without_resume_is_refused(tmp_path, capsys, no_loading):
     (out / "checkpoint").mkdir(parents=True)
     err = one_line_error(tiny_recipe_overrides(out), capsys)
     assert "already holds a run; pass train.resume=true" in err
+
+
+def test_an_older_epoch_end_trainer_state_reads_with_fresh_values_for_new_keys(tmp_path):
+    old = {"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "best_val_accuracy": 0.5, "best_epoch": 2,
+           "epochs_without_improvement": 0, "stopped_early": False}  # what main wrote before step checkpoints
+    (tmp_path / "trainer_state.json").write_text(json.dumps(old))
+    state = read_trainer_state(tmp_path)
+    assert state["epoch"] == 2 and state["best_epoch"] == 2 and len(state["history"]) == 2
+    assert (state["batch"], state["global_step"], state["partial_epoch"], state["budget_spent"]) == (0, 0, None, False)
