@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]  # see finetune.py
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -699,6 +698,7 @@ def main(argv):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     env = environment()
+    args.families = args.families or bool(args.recipe)  # --recipe names the models of the --families table
     chosen = [name for name in COMPARISONS if getattr(args, name)]
     if args.tuning_modes:
         benchmark_tuning_modes(args.batch_size, args.steps, device, args.out)

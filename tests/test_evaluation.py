@@ -210,8 +210,8 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir):
 @pytest.mark.slow
 def test_benchmark_script_writes_its_tables(tmp_path):
     # built for 10 classes: the quickstart ViT has 74,822 parameters with 6, 75,082 with 10
-    result = script("benchmark.py", "--recipe", REPO / "recipes" / "quickstart.yaml", "--batch-size", 4, "--steps", 1,
-                    "--out", tmp_path)
+    result = script("benchmark.py", "--families", "--recipe", REPO / "recipes" / "quickstart.yaml", "--batch-size", 4,
+                    "--steps", 1, "--out", tmp_path)
     rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
     assert rows[0]["parameters"] == 75_082 and rows[0]["train_images_per_s_fp32"] > 0
     assert "| quickstart |" in (tmp_path / "cpu.md").read_text() and "quickstart" in result.stdout
