@@ -11,7 +11,7 @@ from hfvision.training.optim import lr_multiplier
 
 @pytest.mark.slow
 def test_a_time_budget_stops_the_run_and_sizes_the_schedule_to_it(tmp_path):
-    budget_minutes = 0.25
+    budget_minutes = 0.5
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(
         tmp_path / "run", **{"train.epochs": 200, "train.time_budget_minutes": budget_minutes,
                              "train.warmup_epochs": 0}))
@@ -19,7 +19,7 @@ def test_a_time_budget_stops_the_run_and_sizes_the_schedule_to_it(tmp_path):
     training, history = metrics["training"], metrics["history"]
     assert training["time_budget_spent"] and len(history) < 200
     # stopped at the first step boundary past the budget, then validated once more
-    assert budget_minutes * 60 <= training["seconds"] < budget_minutes * 60 + 30
+    assert budget_minutes * 60 <= training["seconds"] < budget_minutes * 60 + 60
     assert training["images_seen"] == history[-1]["images_seen"] == sum(
         round(h["train_images_per_second"] * h["epoch_seconds"]) for h in history)
     assert training["train_flops"] == 3 * metrics["model"]["flops_per_image"] * training["images_seen"]

@@ -108,7 +108,7 @@ class StopSignals:
 
 
 class TimeBudget:
-    """``train.time_budget_minutes``: a wall-clock budget for training and validation together. After
+    """``train.time_budget_minutes``: a wall-clock budget for training and validation together. Every
     ``CALIBRATION_STEPS`` optimiser steps and at every epoch end, the schedule is resized to the steps that fit
     at the rate measured so far; the loop stops at a step boundary once the budget is spent. The clock
     continues across a resume (``state['elapsed_seconds']``)."""
@@ -164,7 +164,7 @@ class StepCheckpoints:
         """Checkpoint when due; raise ``RunInterrupted`` on a stop signal; return True when the time budget is
         spent (the epoch ends here)."""
         step = self.state["global_step"]
-        if step == TimeBudget.CALIBRATION_STEPS:
+        if step % TimeBudget.CALIBRATION_STEPS == 0:  # the rate follows the machine's load as it changes
             self.budget.resize(step)
         by_steps = self.every_steps is not None and step % self.every_steps == 0
         if not by_steps and step % self.agree_every:
