@@ -61,18 +61,18 @@ def test_heatmaps_have_input_size_are_bounded_and_batch_independent(family):
     torch.testing.assert_close(alone[0], heat[1], rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # the hook is a pass-through: logits are unchanged and it is removed afterwards
         assert torch.equal(model(pixel_values=pixels).logits.argmax(1), target)
-    assert not find_target(model).layer._forward_hooks
+    assert not find_target(model).module._forward_hooks
 
 
 def test_target_layers_per_family():
     models = family_models()
-    assert find_target(models["scratch_vit"]).layer is models["scratch_vit"].vit.blocks[-1].norm1
+    assert find_target(models["scratch_vit"]).module is models["scratch_vit"].vit.blocks[-1].norm1
     assert find_target(models["scratch_vit_registers_rope"]).prefix_tokens == 4
-    assert find_target(models["scratch_vit_mean"]).layer is models["scratch_vit_mean"].vit.blocks[-1].norm1
+    assert find_target(models["scratch_vit_mean"]).module is models["scratch_vit_mean"].vit.blocks[-1].norm1
     vit_target = find_target(models["vit"])
-    assert vit_target.layer is models["vit"].vit.layers[-1].layernorm_before
-    assert find_target(models["swin"]).layer is models["swin"].swin.encoder.layers[-1]
-    assert find_target(models["resnet18_cifar"]).layer is models["resnet18_cifar"].resnet.stages[-1]
+    assert vit_target.module is models["vit"].vit.layers[-1].layernorm_before
+    assert find_target(models["swin"]).module is models["swin"].swin.encoder.layers[-1]
+    assert find_target(models["resnet18_cifar"]).module is models["resnet18_cifar"].resnet.stages[-1]
 
 
 @pytest.mark.parametrize("norm", [nn.LayerNorm(6), nn.RMSNorm(6)], ids=["layernorm", "rmsnorm"])
