@@ -384,14 +384,14 @@ def input_pipeline_comparison(args, device, env) -> dict:
     from torchvision import transforms as T
 
     from hfvision.data.transforms import BatchPreprocessor
-    from hfvision.normalization import Normalization
     from hfvision.recipe import AugmentRecipe
+    from hfvision.spec import InputSpec
 
     pixels, pil_images, source = decoded_images(args.cifar10, args.pipeline_images)
     batch = 128
     rows, results = [], {}
     for size in (32, 224):
-        preprocessor = BatchPreprocessor(Normalization(size, CIFAR10_MEAN, CIFAR10_STD),
+        preprocessor = BatchPreprocessor(InputSpec(size, CIFAR10_MEAN, CIFAR10_STD),
                                          AugmentRecipe(random_crop_padding=4, horizontal_flip=True))
         per_sample = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
                                + ([T.Resize(size)] if size != 32 else []) + [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
