@@ -118,10 +118,10 @@ class TimeBudget:
     def __init__(self, minutes: float | None, state: dict, length: ScheduleLength | None, accelerator: Accelerator):
         self.seconds = minutes * 60 if minutes else None
         self.length, self.accelerator = length, accelerator
-        self.start = time.monotonic() - state.get("elapsed_seconds", 0.0)
+        self.start = time.perf_counter() - state.get("elapsed_seconds", 0.0)
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return time.perf_counter() - self.start
 
     def spent(self) -> bool:
         return self.seconds is not None and self.elapsed() >= self.seconds
@@ -142,8 +142,10 @@ class StepCheckpoints:
     stop signal). Processes agree on time- and signal-triggered stops with one small all-reduce every
     ``agree_every`` steps, so they all checkpoint at the same step."""
 
-    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals, budget: TimeBudget):
-        self.parts, self.run_dir, self.state, self.signals, self.budget = parts, run_dir, state, signals, budget
+    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals,
+                 budget: TimeBudget | None = None):
+        self.parts, self.run_dir, self.state, self.signals = parts, run_dir, state, signals
+        self.budget = budget or TimeBudget(None, state, None, parts.accelerator)  # no budget: never spent
         train = parts.train
         self.every_steps = train.checkpoint_every_steps
         self.every_seconds = train.checkpoint_every_minutes * 60 if train.checkpoint_every_minutes else None
