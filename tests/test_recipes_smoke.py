@@ -69,5 +69,5 @@ def test_every_sweep_run_of_a_recipe_is_valid(path):
     for run in runs:
         recipe = load_recipe(path, ["data.dataset=synthetic"] + run.overrides)
         if recipe.model.name in families:
-            config_class = families[recipe.model.name][0]
-            config_class(**{**families[recipe.model.name][2], **recipe.model.config})
+            family = families[recipe.model.name]
+            family.config_class(**{**family.defaults, **recipe.model.config})
