@@ -329,7 +329,7 @@ def test_run_mixup_targets_follow_the_alpha(run):
 def test_run_epochs_batches_and_split_sizes(run):
     assert len(run.metrics["history"]) == run.recipe.train.epochs
     assert [len(inputs) for inputs, _, _ in run.batches] == run.expect["train_batches"]
-    assert run.metrics["data"] == run.expect["sizes"]
+    assert run.metrics["data"] == {**run.expect["sizes"], "skipped_images": 0, "skipped": []}
     val_batches, test_batches = run.evaluations[0][0], run.evaluations[-1][0]
     assert val_batches == run.expect["eval_batches"]
     assert all(size <= run.recipe.eval.batch_size for size in test_batches)
