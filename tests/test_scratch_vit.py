@@ -1,5 +1,6 @@
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from hfvision.models.scratch_vit import (apply_rope, rope_2d_angles, sincos_1d, 
                                         vit_state_dict_from_transformers)
 
 AXES = {
-    "patch_embedding": ["linear", "overlapping"],
+    "patch_embedding": ["linear", "overlapping", "conv"],
     "norm_type": ["layernorm", "rmsnorm"],
     "qk_norm": [False, True],
     "ffn_type": ["mlp", "swiglu"],
@@ -103,7 +104,12 @@ def analytic_parameter_count(c: ScratchViTConfig) -> int:
     attention = 3 * d * d + (3 * d if c.qkv_bias else 0) + d * d + d + (2 * head_norm if c.qk_norm else 0)
     block = 2 * norm + attention + ffn
     positions = (n + int(c.cls_position_embedding)) * d if c.position_embedding == "learned" else 0
-    embed = c.num_channels * kernel * kernel * d + d + d + c.num_registers * d + positions
+    projection = c.num_channels * kernel * kernel * d + d
+    if c.patch_embedding == "conv":  # 3x3 stride-2 convs (no bias) + BatchNorm, channels doubling up to d; 1x1 to d
+        halvings = int(math.log2(c.patch_size))
+        channels = [c.num_channels] + [max(d // 2 ** (halvings - 1 - k), 16) for k in range(halvings)]
+        projection = sum(9 * a * b + 2 * b for a, b in zip(channels, channels[1:])) + channels[-1] * d + d
+    embed = projection + d + c.num_registers * d + positions
     return embed + c.num_hidden_layers * block + norm + d * c.num_labels + c.num_labels
 
 
@@ -227,10 +233,19 @@ def test_learned_table_resamples_for_another_image_size(tmp_path):
     (dict(num_registers=-1), "num_registers: expected an integer >= 0"),
     (dict(hidden_size=36, num_attention_heads=2, position_embedding="rope"), "rope needs a head size divisible by 4"),
     (dict(drop_path_rate=1.5), "drop_path_rate: expected a number in [0, 1)"),
+    (dict(image_size=36, patch_size=6, patch_embedding="conv"), "conv patch_embedding needs a patch_size that is a power of 2"),
 ])
 def test_invalid_configs_fail_at_config_time(fields, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         tiny(**fields)
+
+
+def test_the_conv_stem_halves_the_image_once_per_stride_2_convolution():
+    model = ScratchViTForImageClassification(tiny(image_size=32, patch_size=8, patch_embedding="conv"))
+    stem = model.vit.patch_embed.stem
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3
+    tokens, grid = model.vit.patch_embed(torch.randn(2, 3, 32, 32))
+    assert grid == (4, 4) and tokens.shape == (2, 16, model.config.hidden_size)
 
 
 def test_auto_classes_are_registered(tmp_path):

@@ -5,8 +5,10 @@ the standard ViT of Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words" (ar
 loads the weights of transformers' ``ViTForImageClassification``. The variant axes are the choices that
 the from-scratch CIFAR studies ablate:
 
-- ``patch_embedding``: ``linear`` (kernel = stride = patch) or ``overlapping`` (kernel 2p, stride p,
-  padding p/2: the same token grid, with neighbouring patches sharing pixels, as in CvT/Swin-style stems);
+- ``patch_embedding``: ``linear`` (kernel = stride = patch), ``overlapping`` (kernel 2p, stride p,
+  padding p/2: the same token grid, with neighbouring patches sharing pixels, as in CvT/Swin-style stems) or
+  ``conv`` (a convolutional stem: log2(p) 3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1
+  projection; Xiao et al. 2021, "Early Convolutions Help Transformers See Better", arXiv:2106.14881);
 - ``norm_type``: ``layernorm`` or ``rmsnorm`` (Zhang & Sennrich 2019, arXiv:1910.07467);
 - ``qk_norm``: normalise queries and keys per head (Dehghani et al. 2023, arXiv:2302.05442);
 - ``ffn_type``: ``mlp`` (GELU) or ``swiglu`` (Shazeer 2020, arXiv:2002.05202), hidden width 2/3 of
@@ -32,7 +34,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-PATCH_EMBEDDINGS = ("linear", "overlapping")
+PATCH_EMBEDDINGS = ("linear", "overlapping", "conv")
 NORM_TYPES = ("layernorm", "rmsnorm")
 FFN_TYPES = ("mlp", "swiglu")
 POOLINGS = ("cls", "mean")
@@ -131,6 +133,9 @@ class ScratchViTConfig(PretrainedConfig):
             raise ValueError(f"ScratchViTConfig: sincos1d needs an even hidden_size, got {self.hidden_size}")
         if self.patch_embedding == "overlapping" and self.patch_size < 2:
             raise ValueError("ScratchViTConfig: overlapping patch_embedding needs patch_size >= 2")
+        if self.patch_embedding == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"ScratchViTConfig: conv patch_embedding needs a patch_size that is a power of 2 "
+                             f"(one stride-2 convolution per halving), got {self.patch_size}")
         if self.cls_position_embedding and self.position_embedding not in cls_position_schemes():
             raise ValueError(f"ScratchViTConfig: cls_position_embedding=true needs position_embedding in "
                              f"{', '.join(cls_position_schemes())}, got '{self.position_embedding}'")
@@ -359,14 +364,31 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, *, kind: str, patch_size: int, in_channels: int, dim: int):
         super().__init__()
+        self.stem = conv_stem(patch_size, in_channels, dim) if kind == "conv" else None
+        if self.stem is not None:
+            in_channels, patch_size = self.stem[-3].out_channels, 1
         # Overlapping: kernel p + 2*(p//2) with padding p//2 keeps the grid at H/p while patches overlap.
         padding = patch_size // 2 if kind == "overlapping" else 0
         self.projection = nn.Conv2d(in_channels, dim, kernel_size=patch_size + 2 * padding,
                                     stride=patch_size, padding=padding)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.projection(pixel_values)  # (B, D, h, w)
+        x = pixel_values if self.stem is None else self.stem(pixel_values)
+        x = self.projection(x)  # (B, D, h, w)
         return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+
+def conv_stem(patch_size: int, in_channels: int, dim: int) -> nn.Sequential:
+    """log2(patch_size) 3x3 stride-2 convolutions, channels doubling up to ``dim`` (Xiao et al. 2021); the
+    1x1 projection to ``dim`` follows in :class:`PatchEmbedding`."""
+    halvings = patch_size.bit_length() - 1
+    layers: list[nn.Module] = []
+    for i in range(halvings):
+        out_channels = max(dim // 2 ** (halvings - 1 - i), 16)
+        layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
 
 
 class Attention(nn.Module):
