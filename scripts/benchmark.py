@@ -424,26 +424,43 @@ def input_pipeline_comparison(args, device, env) -> dict:
             synchronize(device)
             return len(pil_images) / (time.perf_counter() - start)
 
+        def one_thread(measure):
+            def measure_on_one_thread() -> float:
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    return measure()
+                finally:
+                    torch.set_num_threads(threads)
+            return measure_on_one_thread
+
         measures = {"hfvision batched": batched, "per-sample, in process": per_sample_in_process,
-                    f"per-sample, DataLoader {args.workers} workers": per_sample_workers}
+                    f"per-sample, DataLoader {args.workers} workers": per_sample_workers,
+                    "hfvision batched, 1 thread": one_thread(batched),
+                    "per-sample, in process, 1 thread": one_thread(per_sample_in_process)}
         per_sample_workers()  # starts the workers
         speeds = {name: statistics.median(v) for name, v in alternate(measures, args.rounds).items()}
         del loader
-        best_usual = max(v for k, v in speeds.items() if k.startswith("per-sample"))
+        best_usual = max(v for k, v in speeds.items() if k.startswith("per-sample") and "1 thread" not in k)
         ratio = speeds["hfvision batched"] / best_usual
-        results[size] = {"images_per_second": speeds, "ratio_to_best_per_sample": ratio}
+        per_core = speeds["hfvision batched, 1 thread"] / speeds["per-sample, in process, 1 thread"]
+        results[size] = {"images_per_second": speeds, "ratio_to_best_per_sample": ratio, "ratio_on_one_core": per_core}
         for name, value in speeds.items():
-            rows.append([f"{size} px", name, f"{value:,.0f}", f"{speeds['hfvision batched'] / value:.1f}x"])
+            reference = speeds["hfvision batched, 1 thread" if "1 thread" in name else "hfvision batched"]
+            rows.append([f"{size} px", name, f"{value:,.0f}", f"{reference / value:.1f}x"])
     notes = [f"{len(pixels)} {'CIFAR-10' if source != 'synthetic' else 'synthetic'} training images decoded once "
              f"beforehand (decoding is not timed); random crop (pad 4) + horizontal flip at 32 px, bilinear resize to "
              f"the size, normalise; batches of {batch}; {args.rounds} alternated rounds, median.",
              "hfvision: `BatchPreprocessor` on uint8 batches (on this machine's device: "
              f"{device.type}); per-sample: torchvision `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `ToTensor`, "
              "`Normalize` per PIL image and a stack, in the main process or in DataLoader workers.",
-             "Target at 224 px: >= 5x the faster per-sample way: "
-             f"{met(results[224]['ratio_to_best_per_sample'], 5)}; at 32 px: "
-             f"{results[32]['ratio_to_best_per_sample']:.1f}x."]
-    table = markdown_table(["size", "pipeline", "images/s", "hfvision is"], rows)
+             "Both ways on 2 threads/processes (the machine's cores), and on one thread each (per-core efficiency; "
+             "the 1-thread rows compare with each other).",
+             "Target at 224 px: >= 5x the faster per-sample way on the same cores: "
+             f"{met(results[224]['ratio_to_best_per_sample'], 5)}; on one core "
+             f"{results[224]['ratio_on_one_core']:.1f}x; at 32 px: {results[32]['ratio_to_best_per_sample']:.1f}x "
+             f"(one core {results[32]['ratio_on_one_core']:.1f}x)."]
+    table = markdown_table(["size", "pipeline", "images/s", "hfvision is (same threads)"], rows)
     write_comparison(args, device, env, "input_pipeline", "Input pipeline alone: batched vs per-sample", notes, table,
                      {"results": results, "images": len(pixels), "source": source})
     return results

@@ -19,17 +19,13 @@ from hfvision.spec import InputSpec
 
 
 def random_crop_with_padding(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to the original size at a random offset per sample."""
-    batch, channels, height, width = images.shape
+    """Zero-pad by ``padding`` and crop back to the original size at a random offset per sample (one slice per
+    image and one stack: on CPU several times faster than a gather with broadcast index tensors)."""
+    batch, _, height, width = images.shape
     padded = F.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
-    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
-    top, left = top.to(images.device), left.to(images.device)
-    rows = (top[:, None] + torch.arange(height, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (left[:, None] + torch.arange(width, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
-    channel_index = torch.arange(channels, device=images.device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows, cols]
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).tolist()
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).tolist()
+    return torch.stack([image[:, t:t + height, l:l + width] for image, t, l in zip(padded, top, left)])
 
 
 def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

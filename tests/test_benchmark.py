@@ -1,0 +1,26 @@
+"""scripts/benchmark.py runs its comparisons end to end (tiny sizes) and writes the tables and numbers."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, script_env
+
+
+@pytest.mark.slow
+def test_train_step_and_input_pipeline_comparisons_write_their_results(tmp_path):
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--train-step", "--input-pipeline",
+               "--rounds", "1", "--steps", "1", "--train-step-batch", "4", "--pipeline-images", "64",
+               "--workers", "1", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900, env=script_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_step = json.loads((tmp_path / "train_step_cpu.json").read_text())
+    for shape in train_step["results"].values():
+        params = {row["parameters"] for row in shape.values()}
+        assert len(shape) == 3 and len(params) == 1  # three libraries, one parameter count
+    pipeline = json.loads((tmp_path / "input_pipeline_cpu.json").read_text())
+    assert set(pipeline["results"]) == {"32", "224"} and pipeline["results"]["224"]["ratio_to_best_per_sample"] > 0
+    for name in ("train_step_cpu.md", "input_pipeline_cpu.md"):
+        text = (tmp_path / name).read_text()
+        assert "torch" in text and "Command: `python scripts/benchmark.py --train-step" in text and "| --- |" in text
