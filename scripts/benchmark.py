@@ -5,6 +5,7 @@
     python scripts/benchmark.py --families       # parameters, FLOPs, latency, throughput of the shipped recipes
     python scripts/benchmark.py --families --recipe recipes/vit_scratch_cifar10.yaml --batch-size 128
     python scripts/benchmark.py --tuning-modes --batch-size 8 --steps 2   # each tuning mode on a ViT-B/32 shape
+    python scripts/benchmark.py --usual-way recipes/studies/cpu_budget_cifar10/vit.yaml   # time-to-accuracy peer
 
 Comparisons (each a ratio with the absolute numbers beside it; implementations alternate A B A B in one process
 and the median is reported, because the machine may be shared):
@@ -683,6 +684,129 @@ def head_only_comparison(args, device, env) -> dict:
     return runs
 
 
+# ----------------------------------------------------------------------------------------------
+# 5. Time to accuracy: the usual way at a wall-clock budget, as a run dir `hfvision report` overlays
+
+def usual_way_budget_run(args, device, env) -> dict:
+    """The usual way trained for the wall-clock budget of an hfvision recipe (``train.time_budget_minutes``): a
+    transformers ``ViTForImageClassification`` of the recipe's ScratchViT shape (random init), per-sample torchvision
+    transforms through ``datasets.with_transform``, a ``DataLoader`` with workers, AdamW + cosine, a plain Accelerate
+    loop. The cosine is sized once, after ``CALIBRATION_STEPS`` steps, to the steps that fit in the budget (the
+    estimate a person makes from the first minute); training stops at the budget and validates each epoch and at the
+    stop. Writes ``metrics.json`` with the history fields of an hfvision run, so the accuracy-vs-time plot of
+    ``hfvision report`` draws both."""
+    import math
+
+    from sklearn.metrics import f1_score
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hfvision.accelerator import make_accelerator
+    from hfvision.data.sources import load_raw, split_dataset
+    from hfvision.fileio import write_json_atomic
+    from hfvision.training.optim import parameter_groups
+
+    recipe = load_recipe(args.usual_way, [])
+    train, data, shape = recipe.train, recipe.data, recipe.model.config
+    if recipe.model.name != "scratch_vit" or not train.time_budget_minutes:
+        raise SystemExit(f"--usual-way: {args.usual_way} must be a scratch_vit recipe with train.time_budget_minutes")
+    budget = train.time_budget_minutes * 60
+    accelerator = make_accelerator()
+    torch.manual_seed(recipe.seed)
+    splits, image_column, label_column, label_names = split_dataset(load_raw(data.dataset), data, recipe.seed)
+    config = ViTConfig(image_size=shape.get("image_size", 32), patch_size=shape.get("patch_size", 4),
+                       hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
+                       num_attention_heads=shape["num_attention_heads"], intermediate_size=shape.get("intermediate_size", 4 * shape["hidden_size"]),
+                       num_labels=len(label_names), layer_norm_eps=1e-6)
+    model = ViTForImageClassification(config)
+    profile = model_profile(model, config.image_size)
+    normalize = T.Normalize(data.mean, data.std)
+    augment = []
+    if data.augment.random_crop_padding:
+        augment.append(T.RandomCrop(config.image_size, padding=data.augment.random_crop_padding))
+    if data.augment.horizontal_flip:
+        augment.append(T.RandomHorizontalFlip())
+    transforms = {"train": T.Compose([*augment, T.ToTensor(), normalize]), "eval": T.Compose([T.ToTensor(), normalize])}
+
+    def with_pixels(transform):
+        def apply(batch):
+            batch["pixel_values"] = [transform(image.convert("RGB")) for image in batch[image_column]]
+            return batch
+        return apply
+
+    def collate(examples):
+        return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+                "labels": torch.tensor([e[label_column] for e in examples])}
+
+    loaders = [DataLoader(splits[name].with_transform(with_pixels(transforms["train" if name == "train" else "eval"])),
+                          shuffle=name == "train", collate_fn=collate, num_workers=args.workers, drop_last=name == "train",
+                          batch_size=train.batch_size if name == "train" else recipe.eval.batch_size)
+               for name in ("train", "validation", "test")]
+    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate)
+    total_steps = [train.epochs * len(loaders[0])]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps[0], 1.0))))
+    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, *loaders, scheduler)
+
+    def evaluate(loader) -> tuple[float, float, list, list]:
+        model.eval()
+        loss_sum, predictions, labels = 0.0, [], []
+        with torch.no_grad():
+            for batch in loader:
+                output = model(**batch)
+                loss_sum += output.loss.item() * len(batch["labels"])
+                predictions += output.logits.argmax(-1).tolist()
+                labels += batch["labels"].tolist()
+        return loss_sum / len(labels), sum(p == t for p, t in zip(predictions, labels)) / len(labels), predictions, labels
+
+    history, step, images_seen, start, spent = [], 0, 0, time.perf_counter(), False
+    for epoch in range(1, train.epochs + 1):
+        model.train()
+        loss_sum = correct = seen = 0
+        for batch in train_loader:
+            output = model(**batch)
+            accelerator.backward(output.loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step, images_seen = step + 1, images_seen + len(batch["labels"])
+            loss_sum += output.loss.item() * len(batch["labels"])
+            correct += (output.logits.argmax(-1) == batch["labels"]).sum().item()
+            seen += len(batch["labels"])
+            if step == CALIBRATION_STEPS:
+                total_steps[0] = max(step + 1, round(budget * step / (time.perf_counter() - start)))
+            if time.perf_counter() - start >= budget:
+                spent = True
+                break
+        val_loss, val_accuracy, _, _ = evaluate(val_loader)
+        history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "val_loss": val_loss, "val_accuracy": val_accuracy, "images_seen": images_seen,
+                        "elapsed_seconds": time.perf_counter() - start,
+                        "train_flops": 3 * profile["flops_per_image"] * images_seen})
+        print(f"usual way epoch {epoch}: val acc {val_accuracy:.4f} at {history[-1]['elapsed_seconds'] / 60:.1f} min",
+              flush=True)
+        if spent:
+            break
+    seconds = time.perf_counter() - start
+    _, test_accuracy, predictions, labels = evaluate(test_loader)
+    metrics = {"model": {"name": "transformers ViTForImageClassification (usual way)", "tuning": "full", **profile},
+               "test": {"accuracy": test_accuracy, "macro_f1": f1_score(labels, predictions, average="macro")},
+               "best_epoch": history[-1]["epoch"], "history": history,
+               "training": {"seconds": seconds, "images_seen": images_seen, "optimizer_steps": step,
+                            "epochs": len(history), "train_flops": 3 * profile["flops_per_image"] * images_seen,
+                            "time_budget_minutes": train.time_budget_minutes, "time_budget_spent": spent},
+               "timing": {"train_seconds_per_epoch": seconds / len(history)},
+               "recipe": str(args.usual_way), "environment": env}
+    args.usual_way_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.usual_way_dir / "metrics.json", metrics)
+    print(f"usual way: test accuracy {test_accuracy:.4f} after {seconds / 60:.1f} min -> {args.usual_way_dir}")
+    return metrics
+
+
+CALIBRATION_STEPS = 20
+
 COMPARISONS = {"train_step": train_step_comparison, "end_to_end": end_to_end_comparison,
                "head_only": head_only_comparison, "input_pipeline": input_pipeline_comparison}
 
@@ -710,6 +834,10 @@ def main(argv):
     parser.add_argument("--head-only-epochs", type=int, default=10)
     parser.add_argument("--cifar10", type=Path, default=CIFAR10, help="real CIFAR-10 (Parquet, img/label)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--usual-way", type=Path, metavar="RECIPE",
+                        help="train the usual way for this scratch_vit recipe's time budget (time-to-accuracy peer)")
+    parser.add_argument("--usual-way-dir", type=Path, default=REPO / "runs/cpu_budget_cifar10/usual_way",
+                        help="--usual-way: where its metrics.json goes")
     args = parser.parse_args(argv)
     args.argv = argv
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -717,6 +845,9 @@ def main(argv):
     env = environment()
     args.families = args.families or bool(args.recipe)  # --recipe names the models of the --families table
     chosen = [name for name in COMPARISONS if getattr(args, name)]
+    if args.usual_way:
+        usual_way_budget_run(args, device, env)
+        return
     if args.tuning_modes:
         benchmark_tuning_modes(args.batch_size, args.steps, device, args.out)
     if args.families:

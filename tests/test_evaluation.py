@@ -4,6 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import REPO, script_command, script_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,6 +206,27 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir):
     assert rows[0]["epochs"] == 1 and rows[0]["train_minutes"] > 0 and rows[0]["train_pflops"] > 0
     result = script("report.py", *runs, "--out", tmp_path / "cli.md")
     assert "| wide |" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_usual_way_peer_trains_for_the_recipes_budget_and_report_overlays_it(tmp_path):
+    recipe = {"model": {"name": "scratch_vit", "config": {"image_size": 32, "patch_size": 8, "hidden_size": 32,
+                                                          "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                          "intermediate_size": 64}},
+              "data": {"dataset": "synthetic", "max_train_samples": 240, "max_eval_samples": 120,
+                       "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+              "train": {"epochs": 1000, "batch_size": 32, "learning_rate": 0.003, "time_budget_minutes": 0.1},
+              "eval": {"batch_size": 64}}
+    (tmp_path / "vit.yaml").write_text(yaml.safe_dump(recipe))
+    script("benchmark.py", "--usual-way", tmp_path / "vit.yaml", "--usual-way-dir", tmp_path / "usual", "--workers", 0)
+    metrics = json.loads((tmp_path / "usual" / "metrics.json").read_text())
+    training, history = metrics["training"], metrics["history"]
+    assert training["time_budget_spent"] and 6 <= training["seconds"] < 6 + 30 and len(history) < 1000
+    assert [h["elapsed_seconds"] for h in history] == sorted(h["elapsed_seconds"] for h in history)
+    assert training["images_seen"] == history[-1]["images_seen"] and training["train_flops"] == history[-1]["train_flops"]
+    assert metrics["test"]["accuracy"] > 1 / 6 + 0.1  # learned: the synthetic classes are separable by colour
+    rows = write_comparison([tmp_path / "usual"], tmp_path / "report" / "comparison.md")
+    assert rows[0]["train_minutes"] > 0.1 and (tmp_path / "report" / "comparison_accuracy_vs_time.png").is_file()
 
 
 @pytest.mark.slow
