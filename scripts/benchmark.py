@@ -184,6 +184,7 @@ def families_benchmark(args, device, env) -> None:
               f"{env['packages']['torch']}, transformers {env['packages']['transformers']}; median of 10 timed "
               f"inference batches after 3 warm-up, training over {args.steps} steps after 1 warm-up")
     tag = "gpu" if device.type == "cuda" else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{tag}.json").write_text(json.dumps({"environment": env, "batch_size": args.batch_size, "rows": rows}, indent=2))
     (args.out / f"{tag}.md").write_text(to_markdown(rows, header))
     print(to_markdown(rows, header))
@@ -496,24 +497,11 @@ def fit_timed(recipe) -> tuple[dict, float]:
     return metrics, time.perf_counter() - start
 
 
-def usual_way_run(model_dir: Path, splits, image_column: str, label_column: str, settings: dict, workers: int) -> dict:
-    """transformers' ``run_image_classification_no_trainer.py`` way: per-sample torchvision transforms through
-    ``datasets.with_transform``, a ``DataLoader`` with workers, a plain Accelerate loop; same optimiser and schedule."""
-    from accelerate.utils import set_seed
+def per_sample_loaders(splits, image_column: str, label_column: str, workers: int, batch_size: int,
+                       eval_batch_size: int, train_transform, eval_transform) -> dict:
+    """The usual way's data path: a torchvision transform per PIL image through ``datasets.with_transform``, a
+    stacking collate, a ``DataLoader`` with workers per split (train shuffled)."""
     from torch.utils.data import DataLoader
-    from torchvision import transforms as T
-    from transformers import AutoModelForImageClassification, get_scheduler
-
-    from hfvision.accelerator import make_accelerator
-    from hfvision.training.optim import parameter_groups
-
-    start = time.perf_counter()
-    accelerator = make_accelerator()  # Accelerator(), with the singletons of the previous run in this process reset
-    set_seed(settings["seed"])
-    model = AutoModelForImageClassification.from_pretrained(model_dir)
-    normalize = T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
-    train_transforms = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    eval_transforms = T.Compose([T.ToTensor(), normalize])
 
     def with_pixels(transform):
         def apply(batch):
@@ -525,10 +513,31 @@ def usual_way_run(model_dir: Path, splits, image_column: str, label_column: str,
         return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
                 "labels": torch.tensor([e[label_column] for e in examples])}
 
-    loaders = {name: DataLoader(splits[name].with_transform(with_pixels(train_transforms if name == "train" else eval_transforms)),
-                                shuffle=name == "train", collate_fn=collate, num_workers=workers,
-                                batch_size=settings["batch_size"] if name == "train" else settings["eval_batch_size"])
-               for name in ("train", "validation", "test")}
+    return {name: DataLoader(splits[name].with_transform(with_pixels(train_transform if name == "train" else eval_transform)),
+                             shuffle=name == "train", collate_fn=collate, num_workers=workers,
+                             batch_size=batch_size if name == "train" else eval_batch_size)
+            for name in ("train", "validation", "test")}
+
+
+def usual_way_run(model_dir: Path, splits, image_column: str, label_column: str, settings: dict, workers: int) -> dict:
+    """transformers' ``run_image_classification_no_trainer.py`` way: per-sample torchvision transforms through
+    ``datasets.with_transform``, a ``DataLoader`` with workers, a plain Accelerate loop; same optimiser and schedule."""
+    from accelerate.utils import set_seed
+    from torchvision import transforms as T
+    from transformers import AutoModelForImageClassification, get_scheduler
+
+    from hfvision.accelerator import make_accelerator
+    from hfvision.training.optim import parameter_groups
+
+    start = time.perf_counter()
+    accelerator = make_accelerator()  # Accelerator(), with the singletons of the previous run in this process reset
+    set_seed(settings["seed"])
+    model = AutoModelForImageClassification.from_pretrained(model_dir)
+    normalize = T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    loaders = per_sample_loaders(
+        splits, image_column, label_column, workers, settings["batch_size"], settings["eval_batch_size"],
+        train_transform=T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
+        eval_transform=T.Compose([T.ToTensor(), normalize]))
     optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=settings["learning_rate"])
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0,
                               num_training_steps=settings["epochs"] * len(loaders["train"]))
@@ -698,7 +707,6 @@ def usual_way_budget_run(args, device, env) -> dict:
     import math
 
     from sklearn.metrics import f1_score
-    from torch.utils.data import DataLoader
     from torchvision import transforms as T
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -727,28 +735,15 @@ def usual_way_budget_run(args, device, env) -> dict:
         augment.append(T.RandomCrop(config.image_size, padding=data.augment.random_crop_padding))
     if data.augment.horizontal_flip:
         augment.append(T.RandomHorizontalFlip())
-    transforms = {"train": T.Compose([*augment, T.ToTensor(), normalize]), "eval": T.Compose([T.ToTensor(), normalize])}
-
-    def with_pixels(transform):
-        def apply(batch):
-            batch["pixel_values"] = [transform(image.convert("RGB")) for image in batch[image_column]]
-            return batch
-        return apply
-
-    def collate(examples):
-        return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-                "labels": torch.tensor([e[label_column] for e in examples])}
-
-    loaders = [DataLoader(splits[name].with_transform(with_pixels(transforms["train" if name == "train" else "eval"])),
-                          shuffle=name == "train", collate_fn=collate, num_workers=args.workers, drop_last=name == "train",
-                          batch_size=train.batch_size if name == "train" else recipe.eval.batch_size)
-               for name in ("train", "validation", "test")]
+    loaders = per_sample_loaders(splits, image_column, label_column, args.workers, train.batch_size,
+                                 recipe.eval.batch_size, train_transform=T.Compose([*augment, T.ToTensor(), normalize]),
+                                 eval_transform=T.Compose([T.ToTensor(), normalize]))
     optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate)
-    total_steps = [train.epochs * len(loaders[0])]
+    total_steps = [train.epochs * len(loaders["train"])]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps[0], 1.0))))
     model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, *loaders, scheduler)
+        model, optimizer, loaders["train"], loaders["validation"], loaders["test"], scheduler)
 
     def evaluate(loader) -> tuple[float, float, list, list]:
         model.eval()
