@@ -700,8 +700,8 @@ def usual_way_budget_run(args, device, env) -> dict:
     """The usual way trained for the wall-clock budget of an hfvision recipe (``train.time_budget_minutes``): a
     transformers ``ViTForImageClassification`` of the recipe's ScratchViT shape (random init), per-sample torchvision
     transforms through ``datasets.with_transform``, a ``DataLoader`` with workers, AdamW + cosine, a plain Accelerate
-    loop. The cosine is sized once, after ``CALIBRATION_STEPS`` steps, to the steps that fit in the budget (the
-    estimate a person makes from the first minute); training stops at the budget and validates each epoch and at the
+    loop. The cosine is sized once, after ``TimeBudget.CALIBRATION_STEPS`` steps (hfvision's first resize), to the
+    steps that fit in the budget (the estimate a person makes from the first minute); training stops at the budget and validates each epoch and at the
     stop. Writes ``metrics.json`` with the history fields of an hfvision run, so the accuracy-vs-time plot of
     ``hfvision report`` draws both."""
     import math
@@ -714,6 +714,7 @@ def usual_way_budget_run(args, device, env) -> dict:
     from hfvision.data.sources import load_raw, split_dataset
     from hfvision.fileio import write_json_atomic
     from hfvision.training.optim import parameter_groups
+    from hfvision.training.trainer import TimeBudget
 
     recipe = load_recipe(args.usual_way, [])
     train, data, shape = recipe.train, recipe.data, recipe.model.config
@@ -770,7 +771,7 @@ def usual_way_budget_run(args, device, env) -> dict:
             loss_sum += output.loss.item() * len(batch["labels"])
             correct += (output.logits.argmax(-1) == batch["labels"]).sum().item()
             seen += len(batch["labels"])
-            if step == CALIBRATION_STEPS:
+            if step == TimeBudget.CALIBRATION_STEPS:
                 total_steps[0] = max(step + 1, round(budget * step / (time.perf_counter() - start)))
             if time.perf_counter() - start >= budget:
                 spent = True
@@ -799,8 +800,6 @@ def usual_way_budget_run(args, device, env) -> dict:
     print(f"usual way: test accuracy {test_accuracy:.4f} after {seconds / 60:.1f} min -> {args.usual_way_dir}")
     return metrics
 
-
-CALIBRATION_STEPS = 20
 
 COMPARISONS = {"train_step": train_step_comparison, "end_to_end": end_to_end_comparison,
                "head_only": head_only_comparison, "input_pipeline": input_pipeline_comparison}
