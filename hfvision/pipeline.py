@@ -32,6 +32,7 @@ from hfvision.evaluation.evaluator import evaluate
 from hfvision.explain.api import per_class_grid
 from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import BuiltModel, build_model, load_model_for_inference, resolve_input_spec
+from hfvision.models.outputs import channels_last_logits, logits_of
 from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
 from hfvision.run_dir import prepare_run_dir
@@ -94,6 +95,9 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
         trained, train_set, val_set = cached_head_data(built.model, data, preprocessor, accelerator, cache,
                                                        batch_size=recipe.eval.batch_size, seed=recipe.seed)
         preprocessor = None  # the loaders yield features
+    forward = logits_of
+    if train_recipe.channels_last and not cache.enabled:  # a cached run trains only the head, on feature vectors
+        trained, forward = trained.to(memory_format=torch.channels_last), channels_last_logits
     train_loader = train_set.loader(train_recipe.batch_size, shuffle=True)
     val_loader = val_set.loader(recipe.eval.batch_size, shuffle=False)
     optimizer = build_optimizer(trained, train_recipe)
@@ -107,7 +111,7 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
         ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
         accelerator.register_for_checkpointing(ema)
     parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
-                          recipe.seed, ema, schedule_length)
+                          recipe.seed, ema, schedule_length, forward)
     state = _initial_state(accelerator, run_dir, train_recipe.resume)
     state["feature_cache"] = cache.record()
     if train_recipe.time_budget_minutes and state.get("schedule_steps"):  # the estimate made before the stop

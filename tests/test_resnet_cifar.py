@@ -1,7 +1,10 @@
+import pytest
 import torch
+from conftest import tiny_recipe_overrides
 from transformers import AutoModelForImageClassification
 
-from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification
+from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, pipeline
+from hfvision.recipe import load_recipe
 
 
 def test_cifar_resnet18_shape_and_size():
@@ -26,3 +29,33 @@ def test_round_trip_and_gradients(tmp_path):
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_channels_last_trains_in_that_layout_to_the_same_weights(tmp_path, monkeypatch):
+    """train.channels_last: the convolutions see channels-last weights and batches; the trained weights equal
+    the default layout's up to float rounding, and best/ saves and reloads with plain transformers."""
+    seen = {}
+
+    def spy_train(parts, state, **kwargs):
+        def record_layouts(conv, args):
+            seen.setdefault(parts.train.channels_last, (conv.weight.is_contiguous(memory_format=torch.channels_last),
+                                                        args[0].is_contiguous(memory_format=torch.channels_last)))
+
+        parts.model.resnet.stem[0].register_forward_pre_hook(record_layouts)
+        return real_train(parts, state, **kwargs)
+
+    real_train = pipeline.train
+    monkeypatch.setattr(pipeline, "train", spy_train)
+    weights = {}
+    for channels_last in (False, True):
+        out = tmp_path / str(channels_last)
+        recipe = load_recipe("recipes/studies/cpu_budget_cifar10/resnet18.yaml", tiny_recipe_overrides(
+            out, **{"model.config": {"stage_widths": [8, 16], "blocks_per_stage": [1, 1]},
+                    "train.channels_last": channels_last, "train.time_budget_minutes": None, "train.epochs": 1}))
+        pipeline.fit(recipe)
+        weights[channels_last] = AutoModelForImageClassification.from_pretrained(out / "last").state_dict()
+    assert seen == {False: (False, False), True: (True, True)}
+    assert weights[False].keys() == weights[True].keys()
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-3, atol=1e-4, msg=name)

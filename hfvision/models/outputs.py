@@ -11,6 +11,12 @@ def logits_of(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def channels_last_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``logits_of`` with the batch laid out channels-last, for a model converted with
+    ``model.to(memory_format=torch.channels_last)`` (``train.channels_last``)."""
+    return logits_of(model, pixel_values.contiguous(memory_format=torch.channels_last))
+
+
 class LogitsOnly(nn.Module):
     """``pixels -> logits`` as a module, for tools that want a tensor-valued ``forward`` (Captum)."""
 
