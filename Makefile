@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pytest-xdist workers; each takes one torch thread (tests/conftest.py). Two suit the 2-core CI machine.
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
@@ -19,10 +21,10 @@ demo: $(VENV)/.installed
 	$(PY) scripts/finetune.py recipes/quickstart.yaml train.resume=true
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf runs/quickstart test-artifacts

@@ -200,9 +200,7 @@ def hardware(env: dict) -> str:
 
 def write_comparison(args, device, env: dict, name: str, title: str, notes: list[str], table: str, data: dict) -> None:
     """``benchmarks/<name>_<cpu|gpu>.md`` (header, notes, table) and ``.json`` (environment and every number)."""
-    import torchvision
-
-    versions = ", ".join(f"{k} {v}" for k, v in {**env["packages"], "torchvision": torchvision.__version__}.items() if v)
+    versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     date = time.strftime("%Y-%m-%d %H:%M")
     text = (f"# {title}\n\n{hardware(env)}; {date}; Python {env['python']}, {versions}; git {env['git_sha']}.\n"
             f"Command: `python scripts/benchmark.py {' '.join(args.argv)}`\n\n" + "".join(f"- {n}\n" for n in notes)

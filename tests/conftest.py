@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`-n 2`) each worker takes one of the two cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
@@ -78,6 +79,22 @@ def script_command(name, *args, nproc=None) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                 "--master_port", str(29500 + os.getpid() % 1000), *target, *map(str, args)]
     return [sys.executable, *target, *map(str, args)]
+
+
+def run_cli_in_process(capsys, *argv) -> tuple[int, str, str]:
+    """``hfvision ARGV`` in this process: (exit status, stdout, stderr). The scripts are shims over these
+    subcommands; tests run them here to spare a new interpreter's imports (about 12 s on these cores) and keep one
+    subprocess per behaviour that needs the real script."""
+    from hfvision.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        status = 0
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def script_env() -> dict:

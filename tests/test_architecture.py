@@ -62,3 +62,20 @@ def test_the_named_rules_hold():
         for path in (PACKAGE / part).rglob("*.py"):
             for imported in imports_of(path):
                 assert part_of(imported) not in banned, f"{module_name(path)} imports {imported}"
+
+
+def test_each_script_is_a_shim_over_one_hfvision_subcommand():
+    """Tests run the subcommands in process (``run_cli_in_process``); this is what makes that the scripts' path:
+    each ``scripts/*.py`` but the benchmark only calls ``run_command(<a subcommand>, sys.argv[1:])``."""
+    from hfvision.cli import COMMANDS
+
+    scripts = sorted((PACKAGE.parent / "scripts").glob("*.py"))
+    assert len(scripts) >= 7
+    for path in scripts:
+        if path.name == "benchmark.py":  # compares against code outside the library
+            continue
+        calls = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name) and node.func.id == "run_command"]
+        assert len(calls) == 1, path.name
+        name, argv = calls[0].args
+        assert name.value in COMMANDS and ast.unparse(argv) == "sys.argv[1:]", path.name

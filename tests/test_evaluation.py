@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, script_command, script_env
+from conftest import REPO, run_cli_in_process, script_command, script_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
@@ -171,10 +171,11 @@ def script(name, *args, nproc=None, timeout=600):
 
 
 @pytest.mark.slow
-def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_dir):
+def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_dir, capsys):
     # 101 images in batches of 16 over 2 processes: the last batch is split unevenly and padded by Accelerate
     common = ["--model", synthetic_model_dir, "--data", "synthetic", "--max-samples", 101, "--batch-size", 16]
-    assert "on 1 process(es)" in script("evaluate", *common, "--out", tmp_path / "one.json").stdout
+    status, out, err = run_cli_in_process(capsys, "evaluate", *common, "--out", tmp_path / "one.json")
+    assert status == 0 and "on 1 process(es)" in out, err[-2000:]
     assert "on 2 process(es)" in script("evaluate", *common, "--out", tmp_path / "two.json", nproc=2).stdout
     one, two = (json.loads((tmp_path / f).read_text())["test"] for f in ("one.json", "two.json"))
     assert one["num_samples"] == two["num_samples"] == 101
@@ -184,7 +185,7 @@ def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_model_
 
 
 @pytest.mark.slow
-def test_report_compares_runs(tmp_path, synthetic_model_dir):
+def test_report_compares_runs(tmp_path, synthetic_model_dir, capsys):
     from conftest import tiny_recipe_overrides
 
     from hfvision.recipe import load_recipe
@@ -204,8 +205,8 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir):
     assert (tmp_path / "cmp" / "table_curves.png").stat().st_size > 10_000
     assert (tmp_path / "cmp" / "table_accuracy_vs_time.png").stat().st_size > 10_000
     assert rows[0]["epochs"] == 1 and rows[0]["train_minutes"] > 0 and rows[0]["train_pflops"] > 0
-    result = script("report.py", *runs, "--out", tmp_path / "cli.md")
-    assert "| wide |" in result.stdout
+    status, out, err = run_cli_in_process(capsys, "report", *runs, "--out", tmp_path / "cli.md")
+    assert status == 0 and "| wide |" in out, err[-2000:]
 
 
 @pytest.mark.slow
@@ -237,3 +238,16 @@ def test_benchmark_script_writes_its_tables(tmp_path):
     rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
     assert rows[0]["parameters"] == 75_082 and rows[0]["train_images_per_s_fp32"] > 0
     assert "| quickstart |" in (tmp_path / "cpu.md").read_text() and "quickstart" in result.stdout
+
+
+def test_environment_records_the_installed_versions_of_the_whole_stack():
+    import captum
+    import peft
+    import torchvision
+    import transformers
+
+    from hfvision.evaluation.environment import environment
+
+    packages = environment()["packages"]
+    for module in (torch, torchvision, transformers, peft, captum):
+        assert packages[module.__name__].split("+")[0] == module.__version__.split("+")[0]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, script_command, script_env, tiny_recipe_overrides
+from conftest import REPO, run_cli_in_process, script_command, script_env, tiny_recipe_overrides
 from safetensors.torch import load_file
 
 import hfvision.pipeline as pipeline
@@ -42,7 +42,7 @@ def run_finetune(*overrides, nproc=None, timeout=900):
 
 
 @pytest.mark.slow
-def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path):
+def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path, capsys):
     """`report_to` left at its default (tensorboard): trackers are closed only after the test evaluation."""
     out = tmp_path / "ddp"
     common = [f"output_dir={out}", "data.max_train_samples=192", "data.max_eval_samples=101",
@@ -53,10 +53,9 @@ def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path)
     assert metrics["test"]["num_samples"] == 101 and len(metrics["history"]) == 1
     assert list((out / "logs").rglob("events.out.tfevents.*")), "the default tracker wrote nothing"
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.old"))
-    single = subprocess.run(script_command("evaluate", "--model", out, "--data", "synthetic", "--max-samples", 101,
-                                           "--out", tmp_path / "one.json"),
-                            capture_output=True, text=True, cwd=REPO, env=script_env(), timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
+    status, _, err = run_cli_in_process(capsys, "evaluate", "--model", out, "--data", "synthetic", "--max-samples",
+                                        101, "--out", tmp_path / "one.json")
+    assert status == 0, err[-2000:]
     one = json.loads((tmp_path / "one.json").read_text())["test"]
     assert one["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     assert one["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-12)
@@ -66,9 +65,9 @@ def test_two_process_run_with_the_default_recipe_completes_and_resumes(tmp_path)
     assert "resumed from" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
-    subprocess.run(script_command("evaluate", "--model", out, "--data", "synthetic", "--max-samples", 101,
-                                  "--out", tmp_path / "two.json"), check=True, cwd=REPO, env=script_env(),
-                   capture_output=True, timeout=600)
+    status, _, err = run_cli_in_process(capsys, "evaluate", "--model", out, "--data", "synthetic", "--max-samples",
+                                        101, "--out", tmp_path / "two.json")
+    assert status == 0, err[-2000:]
     assert json.loads((tmp_path / "two.json").read_text())["test"]["accuracy"] == pytest.approx(
         metrics["test"]["accuracy"], abs=1e-12)
 

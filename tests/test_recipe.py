@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_cli_in_process
 
 from hfvision.errors import RecipeError
 from hfvision.recipe import Recipe, load_recipe, parse_overrides
@@ -78,14 +78,17 @@ def test_shipped_recipes_load(path):
     assert isinstance(load_recipe(path, ["data.dataset=synthetic"]), Recipe)  # CPU-budget recipes read ../shared
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
+BAD_RECIPE_ARGS = [
     (["train.epoch=1"], "error: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
     (["train.batch_size=big"], "error: train.batch_size: expected an integer, got 'big'"),
     (["data.dataset=../missing_dataset_dir"], "error: data.dataset: directory ../missing_dataset_dir does not exist"),
     (["model.config.hiden_size=3"], "error: unknown key 'model.config.hiden_size' for scratch_vit (did you mean"),
-])
-def test_cli_rejects_bad_recipes_in_one_line(tmp_path, args, message):
+]
+
+
+@pytest.mark.slow
+def test_finetune_script_rejects_a_bad_recipe_in_one_line(tmp_path):
+    args, message = BAD_RECIPE_ARGS[0]
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), str(REPO / "recipes" / "quickstart.yaml"),
                              f"output_dir={tmp_path / 'run'}", "train.report_to=none", *args],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -93,4 +96,15 @@ def test_cli_rejects_bad_recipes_in_one_line(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("args, message", BAD_RECIPE_ARGS)
+def test_train_command_rejects_bad_recipes_in_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(REPO)
+    status, _, err = run_cli_in_process(capsys, "train", REPO / "recipes" / "quickstart.yaml",
+                                        f"output_dir={tmp_path / 'run'}", "train.report_to=none", *args)
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith(message), err
+    assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoint").exists()

@@ -1,10 +1,12 @@
 import pytest
 import torch
-from conftest import tiny_recipe_overrides
+from conftest import REPO, tiny_recipe_overrides
 from transformers import AutoModelForImageClassification
 
 from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, pipeline
+from hfvision.explain.api import synthetic_localization
 from hfvision.recipe import load_recipe
+from hfvision.spec import InputSpec
 
 
 def test_cifar_resnet18_shape_and_size():
@@ -59,3 +61,16 @@ def test_channels_last_trains_in_that_layout_to_the_same_weights(tmp_path, monke
     assert weights[False].keys() == weights[True].keys()
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_resnet_gradcam_peaks_inside_the_shape(tmp_path):
+    """Grad-CAM's known answer on a narrow CIFAR ResNet-18 trained on the synthetic shapes. These settings scored
+    0.92-0.94 of peaks inside the shape at 100% accuracy over three seeds (42, 1, 2), in about 30 s each."""
+    overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 3,
+                 "model.name": "resnet18_cifar", "model.config": {"stage_widths": [8, 16, 32, 64]},
+                 "train.learning_rate": 0.002}
+    pipeline.fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(tmp_path, **overrides)))
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "best").eval()
+    result = synthetic_localization(model, InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "gradcam", count=200)
+    assert result["accuracy"] > 0.9 and result["peak_in_box"] >= 0.8

@@ -9,7 +9,7 @@ from importlib import metadata
 
 import torch
 
-PACKAGES = ("torch", "transformers", "accelerate", "datasets", "timm", "evaluate")
+PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "timm", "evaluate", "peft", "captum")
 
 
 def git_sha() -> str | None:
