@@ -21,6 +21,8 @@ def test_train_step_and_input_pipeline_comparisons_write_their_results(tmp_path)
         assert len(shape) == 3 and len(params) == 1  # three libraries, one parameter count
     pipeline = json.loads((tmp_path / "input_pipeline_cpu.json").read_text())
     assert set(pipeline["results"]) == {"32", "224"} and pipeline["results"]["224"]["ratio_to_best_per_sample"] > 0
+    assert len(pipeline["results"]["224"]["images_per_second"]) == 6  # hfvision, floor, 3 per-sample, 1-thread hfvision
+    assert pipeline["results"]["224"]["floor_to_best_per_sample"] > 0
     for name in ("train_step_cpu.md", "input_pipeline_cpu.md"):
         text = (tmp_path / name).read_text()
         assert "torch" in text and "Command: `python scripts/benchmark.py --train-step" in text and "| --- |" in text
