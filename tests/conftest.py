@@ -1,5 +1,6 @@
 """Shared fixtures. Every test runs offline: a stray Hub call fails at once instead of waiting."""
 
+import contextlib
 import os
 import tempfile
 
@@ -68,31 +69,52 @@ def tiny_pretrained_dirs(tmp_path_factory):
     return dirs
 
 
+def free_port() -> int:
+    """A TCP port no one listens on now (the kernel's pick), so that torchrun runs on two xdist workers don't meet."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Train or run on one torch thread, as xdist workers and the scripts' subprocesses (OMP_NUM_THREADS=1) do:
+    CPU float sums differ with the thread count, so results then match whichever way pytest runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def script_command(name, *args, nproc=None) -> list[str]:
     """``python scripts/NAME args`` (a name without ``.py``: ``python -m hfvision NAME args``), or the same under
     ``torchrun --nproc_per_node nproc`` (CPU processes, gloo)."""
-    import os
     import sys
 
     target = [str(REPO / "scripts" / name)] if name.endswith(".py") else ["-m", "hfvision", name]
     if nproc:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(29500 + os.getpid() % 1000), *target, *map(str, args)]
+                "--master_port", str(free_port()), *target, *map(str, args)]
     return [sys.executable, *target, *map(str, args)]
 
 
 def run_cli_in_process(capsys, *argv) -> tuple[int, str, str]:
     """``hfvision ARGV`` in this process: (exit status, stdout, stderr). The scripts are shims over these
     subcommands; tests run them here to spare a new interpreter's imports (about 12 s on these cores) and keep one
-    subprocess per behaviour that needs the real script."""
+    subprocess per behaviour that needs the real script. One torch thread, as in the subprocesses."""
     from hfvision.cli import main
 
     capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        status = 0
-    except SystemExit as exc:
-        status = exc.code
+    status = 0
+    with one_torch_thread():
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return status, out, err
 

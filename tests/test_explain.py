@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli_in_process, tiny_recipe_overrides
+from conftest import REPO, one_torch_thread, run_cli_in_process, tiny_recipe_overrides
 from PIL import Image
 from torch import nn
 from transformers import (
@@ -146,7 +146,8 @@ def trained_vit(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 6,
                  "model.config.position_embedding": "rope"}
-    fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(root, **overrides)))
+    with one_torch_thread():  # the same training under `make test` (xdist) and plain pytest
+        fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(root, **overrides)))
     return AutoModelForImageClassification.from_pretrained(root / "best").eval()
 
 

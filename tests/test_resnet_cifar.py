@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import REPO, tiny_recipe_overrides
+from conftest import REPO, one_torch_thread, tiny_recipe_overrides
 from transformers import AutoModelForImageClassification
 
 from hfvision import ResNetCifarConfig, ResNetCifarForImageClassification, pipeline
@@ -70,7 +70,8 @@ def test_resnet_gradcam_peaks_inside_the_shape(tmp_path):
     overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 3,
                  "model.name": "resnet18_cifar", "model.config": {"stage_widths": [8, 16, 32, 64]},
                  "train.learning_rate": 0.002}
-    pipeline.fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(tmp_path, **overrides)))
+    with one_torch_thread():  # the same training under `make test` (xdist) and plain pytest
+        pipeline.fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(tmp_path, **overrides)))
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "best").eval()
     result = synthetic_localization(model, InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "gradcam", count=200)
     assert result["accuracy"] > 0.9 and result["peak_in_box"] >= 0.8
