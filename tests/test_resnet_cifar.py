@@ -66,7 +66,8 @@ def test_channels_last_trains_in_that_layout_to_the_same_weights(tmp_path, monke
 @pytest.mark.slow
 def test_resnet_gradcam_peaks_inside_the_shape(tmp_path):
     """Grad-CAM's known answer on a narrow CIFAR ResNet-18 trained on the synthetic shapes. These settings scored
-    0.92-0.94 of peaks inside the shape at 100% accuracy over three seeds (42, 1, 2), in about 30 s each."""
+    0.92-0.94 of peaks inside the shape at 100% accuracy over three seeds (42, 1, 2), in about 30 s each, on 2
+    threads (benchmarks/probes/gradcam_resnet_settings.py); here it trains on one, as under xdist."""
     overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 3,
                  "model.name": "resnet18_cifar", "model.config": {"stage_widths": [8, 16, 32, 64]},
                  "train.learning_rate": 0.002}
