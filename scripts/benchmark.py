@@ -32,7 +32,7 @@ from pathlib import Path
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hfvision.cli import run_cli  # noqa: E402
+from hfvision.cli import reuse_freed_memory, run_cli  # noqa: E402
 from hfvision.evaluation.environment import environment  # noqa: E402
 from hfvision.evaluation.profile import inference_latency, model_profile  # noqa: E402
 from hfvision.models.factory import build_model, resolve_input_spec  # noqa: E402
@@ -202,7 +202,8 @@ def write_comparison(args, device, env: dict, name: str, title: str, notes: list
     """``benchmarks/<name>_<cpu|gpu>.md`` (header, notes, table) and ``.json`` (environment and every number)."""
     versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     date = time.strftime("%Y-%m-%d %H:%M")
-    text = (f"# {title}\n\n{hardware(env)}; {date}; Python {env['python']}, {versions}; git {env['git_sha']}.\n"
+    text = (f"# {title}\n\n{hardware(env)}; {date}; Python {env['python']}, {versions}; git {env['git_sha']}; "
+            f"malloc: {env['malloc']}.\n"
             f"Command: `python scripts/benchmark.py {' '.join(args.argv)}`\n\n" + "".join(f"- {n}\n" for n in notes)
             + "\n" + table)
     tag = "gpu" if device.type == "cuda" else "cpu"
@@ -589,13 +590,17 @@ def usual_way_run(model_dir: Path, splits, image_column: str, label_column: str,
 
 
 def end_to_end_comparison(args, device, env) -> dict | None:
-    from hfvision.data.sources import load_raw, split_dataset
-    from hfvision.recipe import load_recipe
-
     if not args.cifar10.is_dir():
         print(f"[end_to_end: skipped, no CIFAR-10 at {args.cifar10}]", flush=True)
         return None
-    work = Path(tempfile.mkdtemp(prefix="hfvision_e2e_"))
+    with tempfile.TemporaryDirectory(prefix="hfvision_e2e_") as work:  # models and run dirs: deleted afterwards
+        return _end_to_end_comparison(args, device, env, Path(work))
+
+
+def _end_to_end_comparison(args, device, env, work: Path) -> dict:
+    from hfvision.data.sources import load_raw, split_dataset
+    from hfvision.recipe import load_recipe
+
     shape = dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, layer_norm_eps=1e-6)
     model_dir = save_random_vit(work / "vit", 32, 4, CIFAR10_MEAN, CIFAR10_STD, **shape)
     settings = {"seed": 42, "epochs": args.e2e_epochs, "batch_size": 128, "eval_batch_size": 500,
@@ -655,11 +660,23 @@ def end_to_end_comparison(args, device, env) -> dict | None:
 
 
 def head_only_comparison(args, device, env) -> dict:
+    # The run dirs and the ViT-B/32 feature cache take gigabytes: deleted afterwards, and the cache variable restored.
+    previous_cache = os.environ.get("HFVISION_CACHE")
+    try:
+        with tempfile.TemporaryDirectory(prefix="hfvision_head_only_") as work:
+            return _head_only_comparison(args, device, env, Path(work))
+    finally:
+        if previous_cache is None:
+            os.environ.pop("HFVISION_CACHE", None)
+        else:
+            os.environ["HFVISION_CACHE"] = previous_cache
+
+
+def _head_only_comparison(args, device, env, work: Path) -> dict:
     from safetensors.torch import load_file
 
     from hfvision.recipe import load_recipe
 
-    work = Path(tempfile.mkdtemp(prefix="hfvision_head_only_"))
     source = str(args.cifar10) if args.cifar10.is_dir() else "synthetic"
     model_dir = save_random_vit(work / "vit_b32", 224, 32, (0.5,) * 3, (0.5,) * 3)  # ViT-B/32 shape: 768 x 12, 12 heads
     os.environ["HFVISION_CACHE"] = str(work / "feature_cache")  # a cold cache: building it is part of the time
@@ -680,7 +697,7 @@ def head_only_comparison(args, device, env) -> dict:
         build = metrics["feature_cache"]["seconds"] or 0.0
         runs[name] = {"wall_seconds": wall, "training_seconds": build + metrics["training"]["seconds"],
                       "cache_seconds": build, "val_accuracy": [h["val_accuracy"] for h in metrics["history"]],
-                      "test_accuracy": metrics["test"]["accuracy"], "output_dir": str(work / name)}
+                      "test_accuracy": metrics["test"]["accuracy"]}
     heads = {name: load_file(work / name.replace(" ", "_").strip("()") / "last" / "model.safetensors")["classifier.weight"]
              for name in ("without cache", "with cache (cold)")}
     head_difference = (heads["without cache"] - heads["with cache (cold)"]).abs().max().item()
@@ -853,6 +870,9 @@ def main(argv):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     env = environment()
+    # run_cli made this call already, as for every hfvision command; it returns the same answer again.
+    env["malloc"] = ("freed large blocks kept for reuse (hfvision.cli.reuse_freed_memory), as in hfvision's commands"
+                     if reuse_freed_memory() else "the C library's defaults or the environment's settings")
     args.families = args.families or bool(args.recipe)  # --recipe names the models of the --families table
     chosen = [name for name in COMPARISONS if getattr(args, name)]
     if args.usual_way:

@@ -45,13 +45,41 @@ def _resize_matrix(source: int, target: int, device: torch.device) -> torch.Tens
 
 
 def resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Float (B, C, h, w) -> (B, C, size, size) with ``F.interpolate``'s bilinear weights, applied as two matrix
-    products (rows @ x @ cols^T; bilinear resizing is separable): several times faster on CPU than the
-    interpolation kernel, and as fast on GPUs."""
+    """Float (B, C, h, w) -> (B, C, size, size) with ``F.interpolate``'s bilinear weights (``align_corners=False``,
+    antialiased when shrinking). Bilinear resizing is separable: the columns are resized by one matrix product,
+    then the rows by another, or, when ``size`` is a whole multiple of ``h`` (32 -> 224: 7x), by the two-tap form
+    of :func:`_upscale_rows`. On CPU both are several times faster than the interpolation kernel."""
     height, width = images.shape[-2:]
-    rows = _resize_matrix(height, size, images.device).to(images.dtype)
     cols = _resize_matrix(width, size, images.device).to(images.dtype)
+    if size > height and size % height == 0:
+        return _upscale_rows(images, size // height, cols)
+    rows = _resize_matrix(height, size, images.device).to(images.dtype)
     return rows @ images @ cols.T
+
+
+def _upscale_rows(images: torch.Tensor, factor: int, cols: torch.Tensor) -> torch.Tensor:
+    """Resize the columns with ``cols`` (size, w), then upscale the rows by the whole ``factor``, bilinearly.
+
+    Output row ``k * factor + p`` samples source row ``k + (p + 0.5) / factor - 0.5``: between rows k-1 and k for
+    the first half of the phases p, between k and k+1 for the rest, with a weight that depends on p alone, and
+    the edge row repeated past the edges. So each phase is one ``lerp`` of two shifted views of the edge-padded
+    rows, written into its strided slice of the output: two taps per output pixel instead of the h multiply-adds
+    of a matrix product, and the large tensor written once. On CPU the batch goes in chunks of about 1 MiB of
+    source, so the source stays in cache while its output is written.
+    """
+    batch, channels, height, _ = images.shape
+    padded = torch.cat([images[..., :1, :], images, images[..., -1:, :]], dim=-2) @ cols.T  # (B, C, h + 2, size)
+    size = padded.shape[-1]
+    out = padded.new_empty(batch, channels, height, factor, size)
+    chunk = batch if images.device.type != "cpu" else max(1, (1 << 20) // (padded.shape[1:].numel() * padded.element_size()))
+    for start in range(0, batch, chunk):
+        source, target = padded[start:start + chunk], out[start:start + chunk]
+        for phase in range(factor):
+            offset = (phase + 0.5) / factor - 0.5
+            first, weight = (0, 1.0 + offset) if offset < 0 else (1, offset)
+            torch.lerp(source[..., first:first + height, :], source[..., first + 1:first + 1 + height, :], weight,
+                       out=target[..., phase, :])
+    return out.view(batch, channels, height * factor, size)
 
 
 class BatchPreprocessor:
