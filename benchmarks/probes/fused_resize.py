@@ -1,6 +1,6 @@
-"""Probe (python benchmarks/probes/fused_resize.py): 32->224 bilinear resize of a 128-image float batch, alternated in one process: the current matrix-product resize, the two-tap gather form eager and under torch.compile (inductor fuses it into one loop), and the allocate-and-fill floor (probe, not a benchmark)."""
+"""Probe (python benchmarks/probes/fused_resize.py): 32->224 bilinear resize of a 128-image float batch, alternated in one process: the matrix-product resize (hfvision's until 84e54b6), the two-tap gather form eager and under torch.compile (inductor fuses it into one loop), and the allocate-and-fill floor (probe, not a benchmark)."""
 import time, torch, torch.nn.functional as F
-from hfvision.data.transforms import resize_bilinear
+from hfvision.data.transforms import _resize_matrix
 torch.set_num_threads(2)
 B, S = 128, 224
 x = torch.randn(B, 3, 32, 32)
@@ -15,7 +15,8 @@ def two_tap(x):
 ref = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False)
 print("eager two-tap max diff", (two_tap(x) - ref).abs().max().item())
 t = time.perf_counter(); compiled = torch.compile(two_tap); y = compiled(x); print("compile s", round(time.perf_counter() - t, 1), "diff", (y - ref).abs().max().item())
-fns = {"matmul (current)": lambda: resize_bilinear(x, S), "two-tap eager": lambda: two_tap(x), "two-tap inductor": lambda: compiled(x),
+r = _resize_matrix(32, S, torch.device("cpu"))  # resize_bilinear before 84e54b6: two matrix products
+fns = {"matmul (before 84e54b6)": lambda: r @ x @ r.T, "two-tap eager": lambda: two_tap(x), "two-tap inductor": lambda: compiled(x),
        "fill floor": lambda: torch.empty(B, 3, S, S).fill_(0)}
 res = {k: [] for k in fns}
 for _ in range(5):

@@ -1,4 +1,4 @@
-"""Probe (python benchmarks/probes/resize_uint8.py [threads]): resize 32->224 + normalise, batch 128: current matmul path vs uint8 interpolate (channels_last) then normalise."""
+"""Probe (python benchmarks/probes/resize_uint8.py [threads]): resize 32->224 + normalise, batch 128: hfvision's float path (matrix products until 84e54b6, two-tap rows since) vs uint8 interpolate (channels_last) then normalise."""
 import time, torch, torch.nn.functional as F, sys
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.spec import InputSpec

@@ -1,11 +1,11 @@
 """Probe (python benchmarks/probes/resize_variants.py): 32->224 bilinear resize of a 128-image float batch, alternated: the matrix-product resize, F.interpolate (NCHW and channels-last), rows by matrix then F.interpolate, and nearest (probe, not a benchmark)."""
 import time, torch, torch.nn.functional as F
-from hfvision.data.transforms import _resize_matrix, resize_bilinear
+from hfvision.data.transforms import _resize_matrix
 torch.set_num_threads(2)
 B=128
 x = torch.randn(B,3,32,32)
 r = _resize_matrix(32,224,torch.device('cpu'))
-def mm(): return resize_bilinear(x,224)
+def mm(): return r @ x @ r.T  # resize_bilinear before 84e54b6 (two matrix products)
 def interp(): return F.interpolate(x,size=(224,224),mode='bilinear',align_corners=False)
 def interp_cl(): return F.interpolate(x.contiguous(memory_format=torch.channels_last),size=(224,224),mode='bilinear',align_corners=False)
 def rows_then_interp(): return F.interpolate(r @ x,size=(224,224),mode='bilinear',align_corners=False)
