@@ -37,8 +37,9 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> 
 @functools.lru_cache(maxsize=16)
 def _resize_matrix(source: int, target: int, device: torch.device) -> torch.Tensor:
     """(target, source) weights of 1-D bilinear resizing, exactly as ``F.interpolate`` computes them
-    (``align_corners=False``, antialiased when shrinking): the interpolation of each unit vector."""
-    unit_vectors = torch.eye(source).reshape(source, 1, 1, source)  # (source images, 1, height 1, width source)
+    (``align_corners=False``, antialiased when shrinking): the interpolation of each unit vector, in float64 so
+    the weights are rounded once, to the images' dtype."""
+    unit_vectors = torch.eye(source, dtype=torch.float64).reshape(source, 1, 1, source)  # (source images, 1, height 1, width source)
     resized = F.interpolate(unit_vectors, size=(1, target), mode="bilinear", align_corners=False,
                             antialias=target < source)
     return resized.reshape(source, target).T.contiguous().to(device)
