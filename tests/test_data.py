@@ -165,3 +165,15 @@ def test_resize_bilinear_matches_interpolate_in_float64(batch, height, width, si
     # float32 F.interpolate itself is up to 1.6e-5 from the float64 result at 32 -> 224 (it rounds its source
     # coordinates); resize_bilinear's weights come from float64, so only the float32 arithmetic remains
     torch.testing.assert_close(resize_bilinear(x, size).double(), expected, rtol=0, atol=1e-6)
+
+
+def test_resize_bilinear_passes_gradients_like_interpolate():
+    from hfvision.data.transforms import resize_bilinear
+
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    (resize_bilinear(x, 224) * weights).sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    (torch.nn.functional.interpolate(reference, size=(224, 224), mode="bilinear", align_corners=False)
+     * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)

@@ -35,26 +35,28 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> 
 
 
 @functools.lru_cache(maxsize=16)
-def _resize_matrix(source: int, target: int, device: torch.device) -> torch.Tensor:
+def _resize_matrix(source: int, target: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(target, source) weights of 1-D bilinear resizing, exactly as ``F.interpolate`` computes them
-    (``align_corners=False``, antialiased when shrinking): the interpolation of each unit vector, in float64 so
-    the weights are rounded once, to the images' dtype."""
-    unit_vectors = torch.eye(source, dtype=torch.float64).reshape(source, 1, 1, source)  # (source images, 1, height 1, width source)
+    (``align_corners=False``, antialiased when shrinking): the interpolation of each unit vector, in float64 on
+    the CPU so the weights are rounded once, then cast to ``dtype`` before moving (MPS has no float64)."""
+    unit_vectors = torch.eye(source, dtype=torch.float64).reshape(source, 1, 1, source)  # (source images, 1, 1, w)
     resized = F.interpolate(unit_vectors, size=(1, target), mode="bilinear", align_corners=False,
                             antialias=target < source)
-    return resized.reshape(source, target).T.contiguous().to(device)
+    return resized.reshape(source, target).T.contiguous().to(dtype).to(device)
 
 
 def resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
     """Float (B, C, h, w) -> (B, C, size, size) with ``F.interpolate``'s bilinear weights (``align_corners=False``,
     antialiased when shrinking). Bilinear resizing is separable: the columns are resized by one matrix product,
-    then the rows by another, or, when ``size`` is a whole multiple of ``h`` (32 -> 224: 7x), by the two-tap form
-    of :func:`_upscale_rows`. On CPU both are several times faster than the interpolation kernel."""
+    then the rows by another, or, when ``size`` is a whole multiple of ``h`` (32 -> 224: 7x) and no gradient is
+    needed, by the two-tap form of :func:`_upscale_rows` (it writes through ``out=``, which autograd refuses). On
+    CPU both are several times faster than the interpolation kernel."""
     height, width = images.shape[-2:]
-    cols = _resize_matrix(width, size, images.device).to(images.dtype)
-    if size > height and size % height == 0:
+    cols = _resize_matrix(width, size, images.device, images.dtype)
+    needs_grad = torch.is_grad_enabled() and images.requires_grad
+    if size > height and size % height == 0 and not needs_grad:
         return _upscale_rows(images, size // height, cols)
-    rows = _resize_matrix(height, size, images.device).to(images.dtype)
+    rows = _resize_matrix(height, size, images.device, images.dtype)
     return rows @ images @ cols.T
 
 
@@ -72,7 +74,7 @@ def _upscale_rows(images: torch.Tensor, factor: int, cols: torch.Tensor) -> torc
     padded = torch.cat([images[..., :1, :], images, images[..., -1:, :]], dim=-2) @ cols.T  # (B, C, h + 2, size)
     size = padded.shape[-1]
     out = padded.new_empty(batch, channels, height, factor, size)
-    chunk = batch  # one launch per phase on accelerators; about 1 MiB of source per chunk on CPU
+    chunk = max(1, batch)  # one launch per phase on accelerators; about 1 MiB of source per chunk on CPU
     if images.device.type == "cpu":
         chunk = max(1, (1 << 20) // (padded.shape[1:].numel() * padded.element_size()))
     for start in range(0, batch, chunk):
