@@ -9,10 +9,16 @@ one-process form; a multi-process writer stages on the main process, lets every 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+
+# A write that fails with less than this free on its file system is reported as a full disk: torch's zip writer
+# reports ENOSPC as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", without the errno.
+NEARLY_FULL_BYTES = 64 << 20
 
 
 def staging_path(path: str | os.PathLike) -> Path:
@@ -55,8 +61,36 @@ def recover_interrupted(path: str | os.PathLike) -> None:
         old.rename(path)
 
 
+def finite_json(value):
+    """``value`` with every NaN and infinity replaced by None, so that it serialises as strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
 def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Strict JSON (a non-finite number is written as null, never as a bare ``NaN``), replaced in one rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(finite_json(data), indent=2, allow_nan=False))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def disk_full_message(path: str | os.PathLike, exc: BaseException) -> str | None:
+    """"no space left on device at PATH (N MB free)" when ``exc`` is, or looks like, a full disk; else None."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or (free is not None and free < NEARLY_FULL_BYTES):
+        where = f"{path} ({free / 1e6:.1f} MB free)" if free is not None else str(path)
+        return f"no space left on device at {where}"
+    return None

@@ -107,12 +107,11 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         trained, optimizer, train_loader, val_loader, scheduler)
     ema = None
-    if train_recipe.ema_decay is not None:
+    if train_recipe.ema_decay is not None:  # checkpointed as safetensors by save_checkpoint, never pickled
         ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
-        accelerator.register_for_checkpointing(ema)
     parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
                           recipe.seed, ema, schedule_length, forward)
-    state = _initial_state(accelerator, run_dir, train_recipe.resume)
+    state = _initial_state(accelerator, run_dir, train_recipe.resume, ema)
     state["feature_cache"] = cache.record()
     if train_recipe.time_budget_minutes and state.get("schedule_steps"):  # the estimate made before the stop
         schedule_length.total_steps = state["schedule_steps"]
@@ -184,10 +183,10 @@ def _describe(accelerator: Accelerator, data: ImageData, built: BuiltModel) -> N
                       f"input {built.spec.image_size}px")
 
 
-def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool, ema=None) -> dict:
     """A fresh trainer state, or the one in ``checkpoint/`` (with every prepared object's state) on resume."""
     if resume and (run_dir / "checkpoint").exists():
-        state = load_checkpoint(accelerator, run_dir)
+        state = load_checkpoint(accelerator, run_dir, ema)
         where = f"epoch {state['epoch'] + 1}, batch {state['batch']}" if state["batch"] else f"epoch {state['epoch']}"
         accelerator.print(f"resumed from {run_dir / 'checkpoint'} ({'in' if state['batch'] else 'after'} {where})")
         return state

@@ -176,9 +176,9 @@ def traced_fit(run_dir: Path, settings: dict) -> Trace:
         trace.evaluations.append((sizes, next(iter(loader))[0], preprocessor))
         return real_evaluate(model, loader, preprocessor, *args)
 
-    def spy_save_checkpoint(accelerator, run_dir, state):
+    def spy_save_checkpoint(accelerator, run_dir, state, ema=None):
         trace.checkpoints.append((state["global_step"], state["partial_epoch"] is not None))
-        return real_save(accelerator, run_dir, state)
+        return real_save(accelerator, run_dir, state, ema)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "train", spy_train)
@@ -555,7 +555,7 @@ def test_step_checkpoints_every_n_steps_or_minutes(tmp_path, monkeypatch, every_
     clock = iter(range(0, 1000, 20))
     monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
     saved = []
-    monkeypatch.setattr(trainer, "save_checkpoint", lambda accelerator, run_dir, state: saved.append(state["global_step"]))
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda accelerator, run_dir, state, ema=None: saved.append(state["global_step"]))
     train = TrainRecipe(checkpoint_every_steps=every_steps, checkpoint_every_minutes=every_minutes)
     parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
     state = fresh_trainer_state()

@@ -177,7 +177,7 @@ class StepCheckpoints:
             summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
             self.state.update(epoch=epoch, batch=batches_done, elapsed_seconds=self.budget.elapsed(),
                               schedule_steps=self.budget.total_steps(), partial_epoch={"totals": summed, "seconds": seconds})
-            save_checkpoint(self.parts.accelerator, self.run_dir, self.state)
+            save_checkpoint(self.parts.accelerator, self.run_dir, self.state, self.parts.ema)
             self.last_write = time.monotonic()
         if stop:
             raise self.interrupted(f"epoch {epoch + 1}, step {batches_done}")
@@ -279,7 +279,7 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
             budget.resize(state["global_step"])
             state.update(epoch=epoch + 1, batch=0, partial_epoch=None, elapsed_seconds=budget.elapsed(),
                          schedule_steps=budget.total_steps())
-            save_checkpoint(accelerator, run_dir, state)
+            save_checkpoint(accelerator, run_dir, state, parts.ema)
             if checkpoints.stop_requested():
                 raise checkpoints.interrupted(f"the end of epoch {epoch + 1}")
     return state
