@@ -96,13 +96,17 @@ def run_cli(main: callable, argv: list[str]) -> None:
     disable_progress_bars()  # per-file bars of save/load and dataset preparation; the training loop keeps its own
     transformers_logging.disable_progress_bar()
     disable_datasets_progress_bar()
+    # Under torchrun / accelerate launch every process meets the same error or stop: the first one says it.
+    says = os.environ.get("RANK", "0") == "0"
     try:
         main(argv)
     except HfvisionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if says:
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as exc:  # SIGTERM/SIGUSR1: a checkpoint was written
-        print(str(exc), file=sys.stderr)
+        if says:
+            print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint (epoch end or step) is in checkpoint/; rerun with train.resume=true",

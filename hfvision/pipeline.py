@@ -16,6 +16,7 @@ in the test evaluation, and trackers are closed last (``end_training`` destroys 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -30,12 +31,13 @@ from hfvision.errors import HfvisionError
 from hfvision.evaluation.artifacts import write_run_artifacts
 from hfvision.evaluation.evaluator import evaluate
 from hfvision.explain.api import per_class_grid
+from hfvision.fileio import atomic_directory
 from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import BuiltModel, build_model, load_model_for_inference, resolve_input_spec
 from hfvision.models.outputs import channels_last_logits, logits_of
 from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
-from hfvision.run_dir import prepare_run_dir
+from hfvision.run_dir import claim_run_dir
 from hfvision.spec import InputSpec
 from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
 from hfvision.training.feature_cache import cached_head_data, plan_feature_cache
@@ -44,8 +46,13 @@ from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, 
 
 
 def fit(recipe: Recipe) -> dict:
-    """Train per the recipe, evaluate ``best/`` on the test split, explain, share. Returns the metrics."""
-    run_dir = prepare_run_dir(recipe)
+    """Train per the recipe, evaluate ``best/`` on the test split, explain, share. Returns the metrics. The run
+    dir is held for this run alone until it ends (``claim_run_dir``)."""
+    with claim_run_dir(recipe) as run_dir:
+        return _fit(recipe, run_dir)
+
+
+def _fit(recipe: Recipe, run_dir: Path) -> dict:
     accelerator = _make_accelerator(recipe, run_dir)
     warn_unusual_learning_rate(recipe.model, recipe.train)  # one line, main process only
     set_seed(recipe.seed)
@@ -54,7 +61,7 @@ def fit(recipe: Recipe) -> dict:
     built = build_model(recipe.model, spec, data.label_names)
     _describe(accelerator, data, built)
     state = train_model(recipe, accelerator, built, data, run_dir)
-    best, test = evaluate_best(recipe, accelerator, data, spec, run_dir)
+    best, test = evaluate_best(recipe, accelerator, data, spec, run_dir, state)
     accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state['best_epoch']})")
     metrics = _run_metrics(test, state, data)
     if accelerator.is_main_process:
@@ -126,14 +133,32 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
     return train(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
 
 
-def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path):
+def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path,
+                  state: dict):
     """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns
-    (the unwrapped model, the test metrics block)."""
+    (the unwrapped model, the test metrics block). A run that lost ``best/`` evaluates (and keeps) ``last/``."""
+    if not (run_dir / "best" / "config.json").is_file():
+        _recover_best(accelerator, run_dir, state)
     best = accelerator.prepare_model(AutoModelForImageClassification.from_pretrained(run_dir / "best"),
                                      evaluation_mode=True)
     test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
     test = evaluate(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
     return accelerator.unwrap_model(best), test
+
+
+def _recover_best(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
+    """``best/`` is gone (deleted by hand, or lost with a disk): copy ``last/`` into its place, saying so."""
+    if not (run_dir / "last" / "config.json").is_file():
+        raise HfvisionError(f"output_dir: {run_dir} has neither best/ nor last/ to evaluate; delete its "
+                            f"checkpoint/ and train again")
+    last_epoch = len(state["history"])
+    accelerator.print(f"best/ is missing from {run_dir}: evaluating last/ (epoch {last_epoch}) instead and keeping "
+                      f"it as best/")
+    if accelerator.is_main_process:
+        with atomic_directory(run_dir / "best") as tmp:
+            shutil.copytree(run_dir / "last", tmp, dirs_exist_ok=True)
+    accelerator.wait_for_everyone()
+    state.update(best_epoch=last_epoch, best_recovered_from="last")
 
 
 def share(recipe: Recipe, run_dir: Path, accelerator: Accelerator) -> None:
@@ -197,6 +222,7 @@ def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool, ema=No
 
 def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
     return {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
+            **({"best_recovered_from": state["best_recovered_from"]} if "best_recovered_from" in state else {}),
             "history": state["history"], "stopped_early": state["stopped_early"],
             "feature_cache": state["feature_cache"],
             "training": {"images_seen": state["images_seen"], "optimizer_steps": state["global_step"],

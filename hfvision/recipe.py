@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -180,13 +181,15 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, dict):
             raise RecipeError(f"{key}: expected a mapping of {_field_list(tp)}, got {value!r}")
         return _build(tp, value, key + ".")
-    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if origin is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .nan, .inf: a run would "succeed" at chance with NaN weights
+            raise RecipeError(f"{key}: expected a finite number, got {value}")
+        return float(value)
     if origin is str and isinstance(value, bool) and key in ON_OFF_KEYS:
         return "on" if value else "off"
     if origin is int and isinstance(value, bool):
@@ -260,20 +263,45 @@ def recipe_from_dict(raw: dict) -> Recipe:
     return recipe
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not last-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict:
+    """The raw mapping of a YAML recipe file, or one ``RecipeError`` line naming the file and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe file {path} is a directory; give the path of a .yaml recipe in it")
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except RecipeError as exc:
+        raise RecipeError(f"recipe file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise RecipeError(f"recipe file {path} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
+    return raw
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Load a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
-            raise RecipeError(f"recipe file {path} is not valid YAML: {first}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
+        raw = read_recipe_file(path)
     apply_overrides(raw, overrides or [])
     return recipe_from_dict(raw)
 
@@ -302,14 +330,18 @@ def validate(recipe: Recipe) -> None:
         _require(value is None or value > 0, f"data.{key}: expected a positive integer or null, got {value}")
     for key in ("mean", "std"):
         value = getattr(d, key)
-        _require(value is None or (len(value) == 3 and all(isinstance(v, (int, float)) for v in value)),
-                 f"data.{key}: expected three numbers (one per RGB channel) or null, got {value}")
+        _require(value is None or (len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           and math.isfinite(v) for v in value)),
+                 f"data.{key}: expected three numbers (finite, one per RGB channel) or null, got {value}")
     _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
     _one_of("data.on_bad_image", d.on_bad_image, BAD_IMAGE_POLICIES)
     _check_dataset_path(d.dataset)
     _validate_classes(d.classes)
     a = d.augment
     _require(a.random_crop_padding >= 0, f"data.augment.random_crop_padding: expected >= 0, got {a.random_crop_padding}")
+    _require(d.image_size is None or a.random_crop_padding < d.image_size,
+             f"data.augment.random_crop_padding: expected less than data.image_size ({d.image_size}), "
+             f"got {a.random_crop_padding}")
     _require(a.auto_augment is None or a.auto_augment in AUTO_AUGMENT,
              f"data.augment.auto_augment: '{a.auto_augment}' is not one of {', '.join(AUTO_AUGMENT)} or null")
     _require(a.mixup_alpha >= 0, f"data.augment.mixup_alpha: expected >= 0, got {a.mixup_alpha}")
@@ -346,7 +378,9 @@ def validate(recipe: Recipe) -> None:
     _require(e.batch_size >= 1, f"eval.batch_size: expected a positive integer, got {e.batch_size}")
     _require(e.latency_batch_size >= 1, f"eval.latency_batch_size: expected a positive integer, got {e.latency_batch_size}")
     _require(not h.push or bool(h.repo_id), "hub.repo_id: required when hub.push is true (e.g. your-name/vit-cifar10)")
+    _require(0 <= recipe.seed < 2 ** 32, f"seed: expected an integer in [0, 2**32), got {recipe.seed}")
     _require(bool(recipe.output_dir), "output_dir: expected a directory path")
+    _require("\x00" not in recipe.output_dir, f"output_dir: a path cannot hold a NUL byte, got {recipe.output_dir!r}")
     for key, values in recipe.sweep.grid.items():
         _require(isinstance(values, list) and len(values) > 0, f"sweep.grid.{key}: expected a non-empty list of values")
     for name, changes in recipe.sweep.variants.items():

@@ -4,10 +4,16 @@ A run dir that holds a checkpoint belongs to the recipe saved beside it (``recip
 (``train.resume=true``) needs the same recipe, except the keys in ``RESUMABLE_KEYS``, which change what happens
 next without changing what was already done; any other difference is named, key by key, before data or
 model are loaded (nanoGPT forces architecture keys to match the checkpoint in one spot; this is that spot).
+
+One run per directory: ``claim_run_dir`` holds an exclusive ``flock`` on ``output_dir/.hfvision.lock`` for the
+whole run (taken by the first process of a multi-process run), so a second run started on the same directory is
+refused in one line. The kernel drops the lock when its process dies, so a killed run never leaves it behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -56,12 +62,51 @@ def _check_writable(run_dir: Path) -> None:
                             f"choose a directory you can write to") from None
 
 
-def prepare_run_dir(recipe: Recipe) -> Path:
-    """Check ``output_dir`` for this recipe and return it (created, writable); repair an interrupted rename."""
+LOCK_FILE = ".hfvision.lock"
+
+
+def _is_first_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch; the Accelerator does not exist yet
+
+
+@contextlib.contextmanager
+def claim_run_dir(recipe: Recipe):
+    """``prepare_run_dir`` under the directory's lock, held until the run ends; yields the run dir."""
     run_dir = Path(recipe.output_dir)
+    _check_not_a_file(run_dir)
+    _check_writable(run_dir)
+    lock = None
+    if _is_first_process():
+        lock = (run_dir / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise HfvisionError(f"output_dir: {run_dir} is in use by another hfvision run ({holder}); wait for it "
+                                f"to end or choose another output_dir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+    try:
+        yield prepare_run_dir(recipe)
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
+
+
+def _check_not_a_file(run_dir: Path) -> None:
     for parent in (run_dir, *run_dir.parents):
         if parent.exists() and not parent.is_dir():
             raise HfvisionError(f"output_dir: {parent} is a file, not a directory; choose another output_dir")
+
+
+def prepare_run_dir(recipe: Recipe) -> Path:
+    """Check ``output_dir`` for this recipe and return it (created, writable); repair an interrupted rename."""
+    run_dir = Path(recipe.output_dir)
+    _check_not_a_file(run_dir)
     _check_writable(run_dir)
     for name in ("checkpoint", "best", "last"):
         recover_interrupted(run_dir / name)

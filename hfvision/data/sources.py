@@ -194,19 +194,31 @@ def split_dataset(raw: DatasetDict, recipe: DataRecipe, seed: int) -> tuple[Data
     if val_name is not None:
         validation = given[val_name]
     else:
-        parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed)
-        train, validation = parts["train"], parts["test"]
+        train, validation = _stratified_split(train, recipe.val_fraction, label_column, seed, "validation")
     if test_name is not None:
         test = given[test_name]
     else:  # no official test split (e.g. one image folder): hold out the same fraction, stratified
-        parts = train.train_test_split(test_size=recipe.val_fraction, stratify_by_column=label_column, seed=seed + 1)
-        train, test = parts["train"], parts["test"]
+        train, test = _stratified_split(train, recipe.val_fraction, label_column, seed + 1, "test")
     splits = DatasetDict({
         "train": _subsample(train, recipe.max_train_samples, seed),
         "validation": _subsample(validation, recipe.max_eval_samples, seed),
         "test": _subsample(test, recipe.max_eval_samples, seed),
     })
     return splits, image_column, label_column, label_names
+
+
+def _stratified_split(train: Dataset, fraction: float, label_column: str, seed: int, held_out: str):
+    """(the rest, the held-out ``fraction``), each class in both; one line when the fraction leaves a side too
+    small for every class to appear in it (sklearn's "train_size ... should be greater or equal to the number of
+    classes")."""
+    try:
+        parts = train.train_test_split(test_size=fraction, stratify_by_column=label_column, seed=seed)
+    except ValueError as exc:
+        classes = len(train.features[label_column].names)
+        raise HfvisionError(f"data.val_fraction: {fraction} of {len(train)} images cannot give both the training "
+                            f"and the {held_out} split one image of each of the {classes} classes ({exc}); "
+                            f"choose a fraction nearer 0.1") from None
+    return parts["train"], parts["test"]
 
 
 def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,

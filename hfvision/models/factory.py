@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,15 +95,34 @@ def resolve_input_spec(model_recipe: ModelRecipe, data: DataRecipe) -> InputSpec
     """The run's input size, mean and std, by the precedence in ``hfvision.spec`` (a pretrained checkpoint's
     image processor is read here; its weights are not)."""
     if model_recipe.name in BUILT_IN:
-        return input_spec(_built_in_image_size(model_recipe, data), data.mean or BUILT_IN_MEAN, data.std or BUILT_IN_STD)
-    path = resolve_model_path(model_recipe.name)
-    try:
-        processor = AutoImageProcessor.from_pretrained(path)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise HfvisionError(f"model.name: could not load the image processor of '{model_recipe.name}': {first}") from None
-    saved = processor_spec(processor)
-    return input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std)
+        spec = input_spec(_built_in_image_size(model_recipe, data), data.mean or BUILT_IN_MEAN, data.std or BUILT_IN_STD)
+    else:
+        path = resolve_model_path(model_recipe.name)
+        try:
+            processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise checkpoint_load_error("model.name", f"the image processor of '{model_recipe.name}'", exc) from None
+        saved = processor_spec(processor)
+        spec = input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std)
+    padding = data.augment.random_crop_padding
+    if padding >= spec.image_size:  # a crop of padding alone; a huge value would allocate terabytes
+        raise HfvisionError(f"data.augment.random_crop_padding: expected less than the input size "
+                            f"({spec.image_size}), got {padding}")
+    return spec
+
+
+def checkpoint_load_error(key: str, what: str, exc: Exception) -> HfvisionError:
+    """One line for a checkpoint that cannot be loaded, saying plainly when it was refused for safety."""
+    text = str(exc).strip()
+    if "trust_remote_code" in text:
+        reason = ("it ships its own modelling code, which hfvision never runs (trust_remote_code is off); use a "
+                  "checkpoint of an architecture that transformers or hfvision provides")
+    elif isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        reason = ("its weights are a pickle that torch.load(weights_only=True) refuses, because loading it would "
+                  "run code; use a safetensors copy from a source you trust")
+    else:
+        reason = text.splitlines()[0][:300] if text else type(exc).__name__
+    return HfvisionError(f"{key}: could not load {what}: {reason}")
 
 
 def _label_maps(label_names: list[str]) -> dict:
@@ -126,7 +146,7 @@ def _built_in_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: lis
 def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: list[str]) -> BuiltModel:
     path = resolve_model_path(model_recipe.name)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         saved_labels = dict(config.id2label)
         for key, value in model_recipe.config.items():
             if not hasattr(config, key):
@@ -137,12 +157,11 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
         model = _from_pretrained(path, config)
         if saved_labels != config.id2label:  # other classes: a new head, even where the shapes match
             _reset_classifier(model)
-        processor = AutoImageProcessor.from_pretrained(path)
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except HfvisionError:
         raise
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise HfvisionError(f"model.name: could not load '{model_recipe.name}': {first}") from None
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise checkpoint_load_error("model.name", f"'{model_recipe.name}'", exc) from None
     return BuiltModel(model, _describe_input(processor, spec, model), spec)
 
 
@@ -155,7 +174,7 @@ def _reset_classifier(model: PreTrainedModel) -> None:
 
 
 def _from_pretrained(path: str, config) -> PreTrainedModel:
-    kwargs = dict(config=config, ignore_mismatched_sizes=True)
+    kwargs = dict(config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
     try:
         return AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:  # architectures without an SDPA path
@@ -192,9 +211,8 @@ def load_model_for_inference(name: str, device="cpu") -> BuiltModel:
     """A saved model dir, run dir or Hub id with its processor, in eval mode."""
     path = resolve_model_path(name)
     try:
-        model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(path)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise HfvisionError(f"--model: could not load '{name}': {first}") from None
+        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=False).to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise checkpoint_load_error("--model", f"'{name}'", exc) from None
     return BuiltModel(model, processor, processor_spec(processor))

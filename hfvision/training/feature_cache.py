@@ -16,6 +16,8 @@ limits, seed and decode size (and notice a dataset that changed on disk under th
 ``InputSpec`` the batches are resized and normalised to (input size, mean, std); for augmented views the augmentation, K and the seed; the precision;
 and ``FORMAT_VERSION``. Entries live in ``$HFVISION_CACHE`` (else ``~/.cache/hfvision/features``), one
 directory per key (``features.safetensors`` + ``meta.json``), written atomically; runs and sweeps reuse them.
+``meta.json`` holds the features' shape, dtype and SHA-256: an entry that no longer matches them (truncated,
+overwritten, reshaped) is reported in one line and rebuilt, never served.
 
 Under several processes each rank computes a contiguous share of the fixed-size chunks (so the views do not
 depend on the process count), the shares are gathered to every rank and the main process writes the entry; a hit is decided on the main process and
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -48,7 +51,7 @@ from hfvision.fileio import atomic_directory, write_json_atomic
 from hfvision.models.tuning import find_classifier
 from hfvision.recipe import Recipe, random_train_augmentations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry a checksum; the decode/resize code changed since 1
 DEFAULT_CACHE_DIR = "~/.cache/hfvision/features"
 FEATURES_FILE = "features.safetensors"
 # Config fields that describe the head or the file, not what the frozen part computes.
@@ -256,10 +259,13 @@ def load_or_compute_features(model: nn.Module, pixels: torch.Tensor, preprocesso
                                        preprocessor=preprocessor, precision=accelerator.mixed_precision,
                                        views=views, seed=seed)
     entry = cache_root() / fingerprint
+    expected_shape = (views or 1, len(pixels))
     if _main_process_says(accelerator, (entry / FEATURES_FILE).is_file()):
-        features = load_file(entry / FEATURES_FILE)["features"]
-        accelerator.print(f"feature cache: {label} features {tuple(features.shape)} read from {entry}")
-        return features
+        features, problem = _read_entry(entry, expected_shape)
+        if _main_process_says(accelerator, problem) is None:
+            accelerator.print(f"feature cache: {label} features {tuple(features.shape)} read from {entry}")
+            return features
+        accelerator.print(f"feature cache: the {label} entry {entry} is damaged ({problem}); rebuilding it")
     start = time.perf_counter()
     features = compute_features(model, pixels, preprocessor, accelerator, batch_size=batch_size, views=views,
                                 seed=seed)
@@ -267,13 +273,35 @@ def load_or_compute_features(model: nn.Module, pixels: torch.Tensor, preprocesso
         with atomic_directory(entry) as tmp:
             save_file({"features": features.cpu()}, tmp / FEATURES_FILE)
             write_json_atomic(tmp / "meta.json", {"split": label, "shape": list(features.shape),
-                                                  "dtype": str(features.dtype), "views": views,
-                                                  "precision": accelerator.mixed_precision,
+                                                  "dtype": str(features.dtype), "sha256": _tensor_sha256(features),
+                                                  "views": views, "precision": accelerator.mixed_precision,
                                                   "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
     accelerator.wait_for_everyone()
     accelerator.print(f"feature cache: {label} features {tuple(features.shape)} computed in "
                       f"{time.perf_counter() - start:.1f}s, stored in {entry}")
     return features
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    _hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def _read_entry(entry: Path, expected_shape: tuple[int, int]) -> tuple[torch.Tensor | None, str | None]:
+    """(features, None) for an entry that is whole, or (None, what is wrong with it)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        features = load_file(entry / FEATURES_FILE)["features"]
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        return None, f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if not isinstance(meta, dict) or "sha256" not in meta:
+        return None, "meta.json has no checksum"
+    if tuple(features.shape[:2]) != expected_shape or list(features.shape) != meta.get("shape"):
+        return None, f"shape {tuple(features.shape)}, expected {meta.get('shape')} for {expected_shape[1]} images"
+    if str(features.dtype) != meta.get("dtype") or _tensor_sha256(features) != meta["sha256"]:
+        return None, "its contents do not match their checksum"
+    return features, None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hfvision.data.transforms import BatchPreprocessor
+from hfvision.errors import HfvisionError
 from hfvision.models.outputs import logits_of
 from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import TrainRecipe
@@ -45,6 +46,28 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class NonFiniteLoss(HfvisionError):
+    """The loss or the weights became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+def all_finite(accelerator: Accelerator, tensors) -> bool:
+    """Whether every value of ``tensors`` is finite on every process (one small all-reduce under several)."""
+    flag = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all().float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum") / accelerator.num_processes
+    return flag.item() == 1.0
+
+
+def non_finite(what: str, where: str, parts: TrainingParts, run_dir: Path) -> NonFiniteLoss:
+    checkpoint = run_dir / "checkpoint"
+    kept = (f"the last good checkpoint, {checkpoint}, is kept: rerun with train.resume=true after fixing the cause"
+            if checkpoint.exists() else "no checkpoint had been written yet")
+    return NonFiniteLoss(f"train: the {what} became NaN or infinite at {where}; likely causes: "
+                         f"train.learning_rate ({parts.train.learning_rate:g}) too high for this model, or data.mean/"
+                         f"data.std that do not fit these images; training stopped before saving anything more, and "
+                         f"{kept}")
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
@@ -163,8 +186,8 @@ class StepCheckpoints:
         return self._agreed([self.signals.requested is not None])[0]
 
     def after_step(self, epoch: int, batches_done: int, totals: torch.Tensor, seconds: float) -> bool:
-        """Checkpoint when due; raise ``RunInterrupted`` on a stop signal; return True when the time budget is
-        spent (the epoch ends here)."""
+        """Checkpoint when due (never weights that are no longer finite); raise ``RunInterrupted`` on a stop
+        signal; return True when the time budget is spent (the epoch ends here)."""
         step = self.state["global_step"]
         if step % TimeBudget.CALIBRATION_STEPS == 0:  # the rate follows the machine's load as it changes
             self.budget.resize(step)
@@ -174,6 +197,8 @@ class StepCheckpoints:
         timed = self.every_seconds is not None and time.monotonic() - self.last_write >= self.every_seconds
         timed, stop, spent = self._agreed([timed, self.signals.requested is not None, self.budget.spent()])
         if by_steps or timed or stop:
+            if not all_finite(self.parts.accelerator, list(self.parts.model.parameters())):
+                raise non_finite("weights", f"epoch {epoch + 1}, step {batches_done}", self.parts, self.run_dir)
             summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
             self.state.update(epoch=epoch, batch=batches_done, elapsed_seconds=self.budget.elapsed(),
                               schedule_steps=self.budget.total_steps(), partial_epoch={"totals": summed, "seconds": seconds})
@@ -191,7 +216,8 @@ class StepCheckpoints:
 
 
 def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: StepCheckpoints) -> dict:
-    """One pass over the train loader from ``state['batch']`` (non-zero when resuming mid-epoch)."""
+    """One pass over the train loader from ``state['batch']`` (non-zero when resuming mid-epoch). A loss that is
+    not finite stops the run before its backward pass, so no NaN reaches the weights (``NonFiniteLoss``)."""
     accelerator, model, train = parts.accelerator, parts.model, parts.train
     parts.train_loader.set_epoch(epoch)
     if hasattr(parts.train_loader.dataset, "set_epoch"):  # cached views; Accelerate skips it under several processes
@@ -219,6 +245,9 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
         with accelerator.accumulate(model):
             logits = parts.forward(model, inputs)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
+            if not all_finite(accelerator, [loss]):
+                raise non_finite("loss", f"epoch {epoch + 1}, step {batch + 1} (optimiser step "
+                                 f"{state['global_step'] + 1})", parts, checkpoints.run_dir)
             accelerator.backward(loss)
             if accelerator.sync_gradients and train.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
@@ -259,6 +288,8 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
             if state["stopped_early"] or state["budget_spent"]:
                 break
             record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch, state, checkpoints)}
+            if not all_finite(accelerator, list(parts.model.parameters())):
+                raise non_finite("weights", f"the end of epoch {epoch + 1}", parts, run_dir)
             val = validate(parts.kept_model())
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"], images_seen=state["images_seen"],
                           elapsed_seconds=budget.elapsed())
