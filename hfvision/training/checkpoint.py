@@ -24,6 +24,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils.other import load as accelerate_load
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
@@ -96,7 +97,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: dict
             if ema is not None:
                 save_safetensors_model(ema, str(tmp / EMA_WEIGHTS))
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-    except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as a RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch's zip writer: ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failed(run_dir, exc) from None
     accelerator.wait_for_everyone()
@@ -182,7 +183,7 @@ def save_model_dir(accelerator: Accelerator, model, image_processor, path: Path)
             with atomic_directory(path) as tmp:
                 save_model(accelerator.unwrap_model(model), tmp)  # a LoRA model: merged weights + adapter/
                 image_processor.save_pretrained(tmp)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, SafetensorError) as exc:
             reason = disk_full_message(path.parent, exc) or f"{type(exc).__name__}: {exc}"
             raise HfvisionError(f"{path.name}/: writing {path} failed ({reason}); the previous copy and "
                                 f"checkpoint/ are intact: free space and rerun with train.resume=true") from None

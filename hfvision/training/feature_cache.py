@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def compute_features(model: nn.Module, pixels: torch.Tensor, preprocessor: Batch
     local = []
     with accelerator.split_between_processes(starts) as my_starts:
         for start in tqdm(my_starts, desc="caching features", leave=False,
-                          disable=not accelerator.is_local_main_process):
+                          disable=not (accelerator.is_local_main_process and sys.stderr.isatty())):
             images = pixels[start:start + batch_size].to(accelerator.device)
             no_labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
             per_view = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from hfvision.training.checkpoint import save_checkpoint, save_model_dir
 from hfvision.training.optim import ScheduleLength
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+LOG_EVERY_BATCHES = 50  # progress lines when the output is not a terminal (timm's train.py log_interval)
 
 
 class RunInterrupted(Exception):
@@ -233,8 +235,9 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
     generator = torch.Generator()
     set_train_mode(model)
     start = time.perf_counter()
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
-                    initial=start_batch, total=len(parts.train_loader), disable=not accelerator.is_local_main_process)
+    on_terminal = sys.stderr.isatty()  # a log file or a scheduler's output gets lines, not carriage-return frames
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False, initial=start_batch,
+                    total=len(parts.train_loader), disable=not (accelerator.is_local_main_process and on_terminal))
     for batch, (inputs, labels) in enumerate(progress, start=start_batch):
         seed = batch_seed(parts.seed, epoch, batch, accelerator.process_index)
         generator.manual_seed(seed)
@@ -261,6 +264,9 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
         if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
                                  lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        if not on_terminal and (batch + 1) % LOG_EVERY_BATCHES == 0:
+            accelerator.print(f"epoch {epoch + 1}/{train.epochs} batch {batch + 1}/{len(parts.train_loader)}: "
+                              f"loss {loss.item():.4f} lr {parts.scheduler.get_last_lr()[0]:.2e}")
         if accelerator.sync_gradients:
             if parts.ema is not None:
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
