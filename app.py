@@ -45,6 +45,7 @@ DEFAULT_MODEL = os.environ.get("HFVISION_MODEL", "runs/quickstart")
 DISPLAY_SIZE = 256
 MODEL_CACHE_SIZE = 3
 NOT_ALLOWED = "model: only run or model dirs under the model root and Hub ids (owner/name) can be loaded here"
+MAX_NAME_LENGTH = 200  # Hub ids are at most 96 characters; a longer name is neither an id nor a dir we serve
 HUB_FILES = ["*.json", "*.safetensors"]  # config, processor config and weights: enough for from_pretrained
 
 
@@ -61,6 +62,9 @@ def choose_model(name: str, model_root: Path) -> str:
     A name that would leave the root (absolute, ``~``, ``..``, or a symlink whose target is outside) raises
     ``NOT_ALLOWED`` whether or not it exists; a name that is not under the root is only ever a Hub id."""
     name = (name or "").strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise HfvisionError(f"model: a name of at most {MAX_NAME_LENGTH} characters (a run dir under the model root "
+                            f"or a Hub id), got {len(name):,}")
     parts = Path(name).parts
     if not name or Path(name).is_absolute() or name.startswith("~") or ".." in parts:
         raise HfvisionError(NOT_ALLOWED)
@@ -71,8 +75,11 @@ def choose_model(name: str, model_root: Path) -> str:
         raise HfvisionError(NOT_ALLOWED) from None
     if not candidate.is_relative_to(root):
         raise HfvisionError(NOT_ALLOWED)
-    if candidate.exists():
-        return str(candidate)
+    try:
+        if candidate.exists():
+            return str(candidate)
+    except OSError:  # a name the file system refuses (too long a component)
+        raise HfvisionError(NOT_ALLOWED) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -165,8 +172,9 @@ def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) 
                     raise gr.Error(str(exc)) from None
                 try:
                     load(chosen)
-                except HfvisionError:  # the factory's message has the resolved server path: keep the visitor's name
-                    raise gr.Error(f"model: could not load '{choice}'") from None
+                except Exception:  # noqa: BLE001 -- not a classifier dir, damaged weights, ...: one line, and
+                    # the visitor's name, not the resolved server path or a library's stack
+                    raise gr.Error(f"model: could not load '{choice}' as an image classifier") from None
                 return predict(upload, chosen)
             inputs = [image, model_box]
         # preprocess=False: the upload reaches ``predict`` as Gradio's file payload (already checked to be in

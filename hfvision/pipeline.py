@@ -202,6 +202,8 @@ def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
 
 
 def _describe(accelerator: Accelerator, data: ImageData, built: BuiltModel) -> None:
+    for note in built.notes:
+        accelerator.print(note)
     total, trainable = count_parameters(built.model)
     accelerator.print(f"data: {len(data.train)} train / {len(data.validation)} val / {len(data.test)} test images, "
                       f"{len(data.label_names)} classes; model: {total:,} parameters, {trainable:,} trainable; "

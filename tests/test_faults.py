@@ -397,3 +397,27 @@ def test_a_damaged_feature_cache_entry_is_detected_and_rebuilt(damage, tmp_path,
                        load_file(tmp_path / "again" / "last" / "model.safetensors")[head])
     assert again["test"]["accuracy"] == clean["test"]["accuracy"]
     assert torch.equal(load_file(features_file)["features"], features)  # rebuilt in place
+
+
+# ------------------------------------------------------------------------------------------ the demo's model box
+
+
+def test_the_demo_model_box_names_what_is_wrong_with_a_long_name_or_a_non_classifier(tmp_path):
+    from transformers import BertConfig
+
+    from hfvision.errors import HfvisionError
+    from hfvision.models.factory import load_model_for_inference
+
+    sys.path.insert(0, str(REPO))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(REPO))
+    root = tmp_path / "root"
+    (root / "text-model").mkdir(parents=True)
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(root / "text-model")
+    with pytest.raises(HfvisionError, match=r"^model: a name of at most 200 characters .*got 5,000$"):
+        app.choose_model("a" * 5000, root)
+    with pytest.raises(HfvisionError, match=r"^--model: could not load '.*text-model': ") as info:
+        load_model_for_inference(app.choose_model("text-model", root))
+    assert len(str(info.value).splitlines()) == 1

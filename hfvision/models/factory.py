@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -24,6 +26,7 @@ from transformers import (
     TimmWrapperImageProcessor,
     ViTImageProcessor,
 )
+from transformers.utils import logging as transformers_logging
 
 import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
 from hfvision.errors import HfvisionError, RecipeError
@@ -38,6 +41,7 @@ class BuiltModel:
     model: PreTrainedModel
     image_processor: object
     spec: InputSpec
+    notes: list = field(default_factory=list)  # what building did to a checkpoint, one line each, for the log
 
 
 def resolve_model_path(name: str) -> str:
@@ -154,15 +158,74 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
             setattr(config, key, value)
         for key, value in _label_maps(label_names).items():
             setattr(config, key, value)
-        model = _from_pretrained(path, config)
+        model, loading = _from_pretrained(path, config)
+        notes = _loading_notes(model, loading, model_recipe.name)
         if saved_labels != config.id2label:  # other classes: a new head, even where the shapes match
             _reset_classifier(model)
+            notes.append(f"classifier replaced: {len(saved_labels)} classes of the checkpoint -> {len(label_names)} "
+                         f"({', '.join(label_names[:3])}{', ...' if len(label_names) > 3 else ''})")
+        old_size = _square(getattr(config, "image_size", None) or spec.image_size)
+        set_input_size(model, spec.image_size)
+        if old_size != spec.image_size:
+            notes.append(f"input size: {old_size} -> {spec.image_size} px (position embeddings resampled once)")
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except HfvisionError:
         raise
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
         raise checkpoint_load_error("model.name", f"'{model_recipe.name}'", exc) from None
-    return BuiltModel(model, _describe_input(processor, spec, model), spec)
+    return BuiltModel(model, _describe_input(processor, spec, model), spec, notes)
+
+
+def _square(size) -> int:
+    return size if isinstance(size, int) else int(size[0])
+
+
+def set_input_size(model: PreTrainedModel, image_size: int) -> None:
+    """Make a pretrained model take ``image_size`` inputs, once, when it is built: absolute position tables are
+    resampled (timm's ``resample_abs_pos_embed``: prefix tokens kept, bicubic on the grid) and the config says the
+    new size, so a saved dir loads at that size with plain ``from_pretrained``. ViT/DeiT (transformers) and timm
+    ViTs; Swin, whose relative position bias lives in windows, only needs the config; others must keep their size."""
+    config = model.config
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None:
+        if tuple(timm_model.patch_embed.img_size) == (image_size, image_size):
+            return
+        if not hasattr(timm_model, "set_input_size"):
+            raise HfvisionError(f"data.image_size: {type(timm_model).__name__} cannot change its input size; "
+                                f"use its own ({_square(timm_model.patch_embed.img_size)})")
+        _check_divisible(image_size, _square(timm_model.patch_embed.patch_size), config.architecture)
+        timm_model.set_input_size(img_size=(image_size, image_size))
+        config.model_args = {**(config.model_args or {}), "img_size": image_size}
+        return
+    old = getattr(config, "image_size", None)
+    if old is None or _square(old) == image_size:
+        return
+    _check_divisible(image_size, _square(config.patch_size), config.model_type)
+    embeddings = getattr(getattr(model, config.model_type, None) or model.base_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if config.model_type == "swin" or (config.model_type in ("swinv2", "donut-swin") and table is None):
+        _check_divisible(image_size, _square(config.patch_size) * config.window_size, config.model_type)
+    elif isinstance(table, nn.Parameter) and table.dim() == 3:
+        old_grid, new_grid = _square(old) // _square(config.patch_size), image_size // _square(config.patch_size)
+        prefix = table.shape[1] - old_grid * old_grid
+        with torch.no_grad():
+            embeddings.position_embeddings = nn.Parameter(resample_abs_pos_embed(
+                table.data, new_size=[new_grid, new_grid], old_size=[old_grid, old_grid], num_prefix_tokens=prefix),
+                requires_grad=table.requires_grad)
+        patches = embeddings.patch_embeddings
+        patches.image_size = embeddings.image_size = (image_size, image_size)
+        patches.num_patches = new_grid * new_grid
+    else:
+        raise HfvisionError(f"data.image_size: hfvision cannot resample the position embeddings of "
+                            f"{config.model_type} checkpoints; use their size ({_square(old)})")
+    config.image_size = image_size
+
+
+def _check_divisible(image_size: int, step: int, name: str) -> None:
+    if image_size % step:
+        sizes = ", ".join(str(step * k) for k in range(max(1, image_size // step - 1), image_size // step + 3))
+        raise HfvisionError(f"data.image_size: {name} takes sizes that are multiples of {step} ({sizes}, ...), "
+                            f"got {image_size}")
 
 
 def _reset_classifier(model: PreTrainedModel) -> None:
@@ -173,14 +236,33 @@ def _reset_classifier(model: PreTrainedModel) -> None:
             module.reset_parameters()
 
 
-def _from_pretrained(path: str, config) -> PreTrainedModel:
-    kwargs = dict(config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
+def _from_pretrained(path: str, config) -> tuple[PreTrainedModel, dict]:
+    """The model and transformers' loading info, without its load report (hfvision says what it did instead)."""
+    kwargs = dict(config=config, ignore_mismatched_sizes=True, trust_remote_code=False, output_loading_info=True)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
-        return AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-    except ValueError as exc:  # architectures without an SDPA path
-        if "sdpa" not in str(exc).lower() and "scaled_dot_product_attention" not in str(exc):
-            raise
-        return AutoModelForImageClassification.from_pretrained(path, **kwargs)
+        try:
+            return AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:  # architectures without an SDPA path
+            if "sdpa" not in str(exc).lower() and "scaled_dot_product_attention" not in str(exc):
+                raise
+            return AutoModelForImageClassification.from_pretrained(path, **kwargs)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _loading_notes(model: PreTrainedModel, loading: dict, name: str) -> list[str]:
+    """A line for weights outside the classifier that the checkpoint did not provide or did not fit."""
+    classifier = {id(p) for p in find_classifier(model).parameters()}
+    head = {n for n, p in model.named_parameters() if id(p) in classifier}
+    keys = [k if isinstance(k, str) else k[0] for kind in ("missing_keys", "mismatched_keys")
+            for k in loading.get(kind, [])]
+    others = sorted(k for k in keys if k not in head)
+    if not others:
+        return []
+    return [f"checkpoint: {len(others)} weight(s) of the model were not in '{name}' or did not fit, and start "
+            f"random: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}"]
 
 
 def _describe_input(processor, spec: InputSpec, model: PreTrainedModel):

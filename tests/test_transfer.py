@@ -1,0 +1,149 @@
+"""Pretrained checkpoints at another input size, the head hfvision replaces, and the real ViT-Ti/16 in
+``../shared/models`` (tests that want it skip without it)."""
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import REPO, tiny_recipe_overrides
+from timm.layers import resample_abs_pos_embed
+
+from hfvision.errors import HfvisionError
+from hfvision.models.factory import build_model, resolve_input_spec
+from hfvision.recipe import DataRecipe, ModelRecipe, load_recipe
+
+SHARED = REPO.parent / "shared"
+REAL_VIT = SHARED / "models" / "vit-tiny-patch16-224"
+REAL_TIMM = SHARED / "models" / "timm-vit_tiny_patch16_224"
+SAMPLES = SHARED / "data" / "imagenet-samples"
+needs_shared = pytest.mark.skipif(not REAL_VIT.is_dir() or not REAL_TIMM.is_dir(), reason="../shared/models absent")
+
+
+@pytest.fixture(scope="module")
+def tiny_timm_dir(tmp_path_factory):
+    """A tiny timm ViT in the TimmWrapper layout (config.json with architecture and model_args), 32 px, 1000 labels."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=1000,
+                               model_args={"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1,
+                                           "num_heads": 2},
+                               pretrained_cfg={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                                               "interpolation": "bicubic", "crop_pct": 0.9})
+    path = tmp_path_factory.mktemp("timm") / "tiny"
+    TimmWrapperForImageClassification(config).save_pretrained(path)
+    return path
+
+
+def built_at(source, size, labels=("a", "b", "c"), tuning="full"):
+    recipe = ModelRecipe(name=str(source), tuning=tuning)
+    spec = resolve_input_spec(recipe, DataRecipe(image_size=size))
+    return build_model(recipe, spec, list(labels))
+
+
+def test_vit_at_another_size_resamples_its_position_table_as_timm_does(tiny_pretrained_dirs):
+    from transformers import ViTForImageClassification
+
+    original = ViTForImageClassification.from_pretrained(tiny_pretrained_dirs["vit"]).vit.embeddings.position_embeddings
+    built = built_at(tiny_pretrained_dirs["vit"], 48)
+    expected = resample_abs_pos_embed(original.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
+    assert torch.equal(built.model.vit.embeddings.position_embeddings.detach(), expected)
+    assert built.model.config.image_size == 48 and "input size: 32 -> 48 px" in " ".join(built.notes)
+    assert built.notes[0].startswith("classifier replaced: 1000 classes of the checkpoint -> 3 (a, b, c)")
+
+
+@pytest.mark.parametrize("layout", ["vit", "timm"])
+def test_a_model_built_at_another_size_saves_and_reloads_with_plain_transformers_at_that_size(
+        layout, tiny_pretrained_dirs, tiny_timm_dir, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    source = tiny_pretrained_dirs["vit"] if layout == "vit" else tiny_timm_dir
+    built = built_at(source, 48)
+    built.model.eval()
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        logits = built.model(pixel_values=pixels).logits
+    built.model.save_pretrained(tmp_path / "saved")
+    built.image_processor.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, logits, rtol=0, atol=0)
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "saved")
+    out = processor(images=[torch.zeros(3, 64, 80, dtype=torch.uint8).numpy().transpose(1, 2, 0)],
+                    return_tensors="pt")["pixel_values"]
+    assert tuple(out.shape[-2:]) == (48, 48)
+
+
+def test_sizes_a_checkpoint_cannot_take_are_one_line(tiny_pretrained_dirs):
+    with pytest.raises(HfvisionError, match=r"^data.image_size: vit takes sizes that are multiples of 8 .* got 50$"):
+        built_at(tiny_pretrained_dirs["vit"], 50)
+    with pytest.raises(HfvisionError, match=r"^data.image_size: swin takes sizes that are multiples of 8"):
+        built_at(tiny_pretrained_dirs["swin"], 36)
+    assert built_at(tiny_pretrained_dirs["swin"], 48).model.config.image_size == 48
+
+
+@pytest.mark.slow
+def test_training_at_another_size_finishes_and_best_loads_in_a_pipeline(tiny_pretrained_dirs, tmp_path, capsys):
+    from PIL import Image
+    from transformers import pipeline
+
+    from hfvision.pipeline import fit
+
+    out = tmp_path / "run"
+    settings = {"model.name": str(tiny_pretrained_dirs["vit"]), "data.image_size": 48, "model.tuning": "full"}
+    metrics = fit(load_recipe(None, tiny_recipe_overrides(out, **settings)))
+    logged = capsys.readouterr().out
+    assert "classifier replaced: 1000 classes of the checkpoint -> 6" in logged and "MISMATCH" not in logged
+    assert metrics["model"]["flops_per_image"] > 0 and json.loads((out / "best" / "config.json").read_text())[
+        "image_size"] == 48
+    classify = pipeline("image-classification", model=str(out / "best"))
+    result = classify(Image.new("RGB", (70, 50), (200, 30, 30)))
+    assert len(result) == 5 and result[0]["label"] in metrics["test"]["per_class"]
+
+
+# ------------------------------------------------------------------------------------------ the real ViT-Ti/16
+
+
+def known_answer_photos():
+    with (SAMPLES / "labels.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# Both layouts get 15/17 (misses: cock -> hen, cocktail shaker -> wine bottle), as pipeline() does for the
+# transformers layout. pipeline() gets 17/17 with the timm layout's shorter-side resize + centre crop (crop_pct 0.9);
+# hfvision's decode path squashes to a square and has no crop policy yet (issue 21's resize policy).
+@needs_shared
+@pytest.mark.parametrize("model_dir,at_least", [(REAL_VIT, 15), (REAL_TIMM, 15)])
+def test_the_real_pretrained_model_knows_the_imagenet_photos_through_hfvisions_path(model_dir, at_least):
+    from hfvision.data.images import load_pixels
+    from hfvision.data.transforms import BatchPreprocessor
+    from hfvision.models.factory import load_model_for_inference
+
+    built = load_model_for_inference(str(model_dir))
+    rows = known_answer_photos()
+    preprocess = BatchPreprocessor(built.spec)
+    right = []
+    with torch.no_grad():
+        for row in rows:
+            pixels = load_pixels(SAMPLES / row["file"], built.spec.decode_size)
+            logits = built.model(pixel_values=preprocess.resize_and_normalize(pixels)).logits
+            right.append(int(logits.argmax(-1)) == int(row["label_index"]))
+    assert sum(right) >= at_least, [row["label"] for row, ok in zip(rows, right) if not ok]
+
+
+@needs_shared
+@pytest.mark.parametrize("model_dir", [REAL_VIT, REAL_TIMM])
+def test_the_real_vit_tiny_at_112_px_takes_112_px_inputs_and_reloads_the_same(model_dir, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    built = built_at(model_dir, 112, labels=[f"class_{i}" for i in range(10)])
+    built.model.eval()
+    pixels = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        logits = built.model(pixel_values=pixels).logits
+    assert logits.shape == (2, 10)
+    built.model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, logits, rtol=0, atol=0)
