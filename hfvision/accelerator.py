@@ -21,3 +21,14 @@ def make_accelerator(**kwargs) -> Accelerator:
     GradientState._reset_state()
     multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(cpu=multi_process_cpu, **kwargs)
+
+
+def main_process_says(accelerator: Accelerator, value):
+    """The main process's ``value`` on every process, so that all take the same branch."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]

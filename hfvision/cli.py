@@ -96,16 +96,13 @@ def run_cli(main: callable, argv: list[str]) -> None:
     disable_progress_bars()  # per-file bars of save/load and dataset preparation; the training loop keeps its own
     transformers_logging.disable_progress_bar()
     disable_datasets_progress_bar()
-    # Under torchrun / accelerate launch every process meets the same error or stop: the first one says it.
-    says = os.environ.get("RANK", "0") == "0"
     try:
         main(argv)
-    except HfvisionError as exc:
-        if says:
-            print(f"error: {exc}", file=sys.stderr)
+    except HfvisionError as exc:  # every process says it: an error may be one process's own
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except RunInterrupted as exc:  # SIGTERM/SIGUSR1: a checkpoint was written
-        if says:
+    except RunInterrupted as exc:  # SIGTERM/SIGUSR1: a checkpoint was written; all processes stop at one step
+        if os.environ.get("RANK", "0") == "0":  # so under torchrun / accelerate launch the first one says it
             print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

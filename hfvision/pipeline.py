@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoModelForImageClassification
 
-from hfvision.accelerator import make_accelerator
+from hfvision.accelerator import main_process_says, make_accelerator
 from hfvision.data.sources import ImageData, decode_splits, load_eval_split, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -137,7 +137,7 @@ def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spe
                   state: dict):
     """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns
     (the unwrapped model, the test metrics block). A run that lost ``best/`` evaluates (and keeps) ``last/``."""
-    if not (run_dir / "best" / "config.json").is_file():
+    if main_process_says(accelerator, not (run_dir / "best" / "config.json").is_file()):
         _recover_best(accelerator, run_dir, state)
     best = accelerator.prepare_model(AutoModelForImageClassification.from_pretrained(run_dir / "best"),
                                      evaluation_mode=True)
@@ -148,16 +148,22 @@ def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spe
 
 def _recover_best(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
     """``best/`` is gone (deleted by hand, or lost with a disk): copy ``last/`` into its place, saying so."""
-    if not (run_dir / "last" / "config.json").is_file():
+    if main_process_says(accelerator, not (run_dir / "last" / "config.json").is_file()):
         raise HfvisionError(f"output_dir: {run_dir} has neither best/ nor last/ to evaluate; delete its "
                             f"checkpoint/ and train again")
     last_epoch = len(state["history"])
     accelerator.print(f"best/ is missing from {run_dir}: evaluating last/ (epoch {last_epoch}) instead and keeping "
                       f"it as best/")
+    failure = None
     if accelerator.is_main_process:
-        with atomic_directory(run_dir / "best") as tmp:
-            shutil.copytree(run_dir / "last", tmp, dirs_exist_ok=True)
-    accelerator.wait_for_everyone()
+        try:
+            with atomic_directory(run_dir / "best") as tmp:
+                shutil.copytree(run_dir / "last", tmp, dirs_exist_ok=True)
+        except OSError as exc:
+            failure = f"output_dir: copying last/ to best/ in {run_dir} failed ({exc.strerror or exc})"
+    failure = main_process_says(accelerator, failure)  # every process stops together, or none does
+    if failure:
+        raise HfvisionError(failure)
     state.update(best_epoch=last_epoch, best_recovered_from="last")
 
 

@@ -187,9 +187,13 @@ def _coerce(value, tp, key: str):
         except ValueError:
             pass
     if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise RecipeError(f"{key}: expected a finite number, got an integer of {len(str(value))} digits") from None
         if not math.isfinite(value):  # .nan, .inf: a run would "succeed" at chance with NaN weights
             raise RecipeError(f"{key}: expected a finite number, got {value}")
-        return float(value)
+        return value
     if origin is str and isinstance(value, bool) and key in ON_OFF_KEYS:
         return "on" if value else "off"
     if origin is int and isinstance(value, bool):
@@ -269,7 +273,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise RecipeError(f"a key must be a name, got {key!r} (line {key_node.start_mark.line + 1})")
             if key in seen:
                 raise RecipeError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); keep one")
             seen.add(key)
@@ -310,6 +316,15 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 # Validation of values
 
 
+def _is_finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise RecipeError(message)
@@ -330,8 +345,7 @@ def validate(recipe: Recipe) -> None:
         _require(value is None or value > 0, f"data.{key}: expected a positive integer or null, got {value}")
     for key in ("mean", "std"):
         value = getattr(d, key)
-        _require(value is None or (len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                           and math.isfinite(v) for v in value)),
+        _require(value is None or (len(value) == 3 and all(_is_finite_number(v) for v in value)),
                  f"data.{key}: expected three numbers (finite, one per RGB channel) or null, got {value}")
     _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
     _one_of("data.on_bad_image", d.on_bad_image, BAD_IMAGE_POLICIES)

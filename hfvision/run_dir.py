@@ -108,8 +108,9 @@ def prepare_run_dir(recipe: Recipe) -> Path:
     run_dir = Path(recipe.output_dir)
     _check_not_a_file(run_dir)
     _check_writable(run_dir)
-    for name in ("checkpoint", "best", "last"):
-        recover_interrupted(run_dir / name)
+    if _is_first_process():  # the others only read: a refused second run must not touch the first one's dirs
+        for name in ("checkpoint", "best", "last"):
+            recover_interrupted(run_dir / name)
     holds_run = (run_dir / "checkpoint").exists()
     if holds_run and not recipe.train.resume:
         raise HfvisionError(f"output_dir: {run_dir} already holds a run; pass train.resume=true to continue it "

@@ -122,6 +122,8 @@ BEFORE_LOADING = {  # override -> what the one line must say
     "train.time_budget_minutes=.inf": "train.time_budget_minutes: expected a finite number, got inf",
     "seed=-1": "seed: expected an integer in [0, 2**32), got -1",
     f"seed={2 ** 70}": f"seed: expected an integer in [0, 2**32), got {2 ** 70}",
+    f"train.learning_rate={10 ** 400}": "train.learning_rate: expected a finite number, got an integer of 401 digits",
+    f"data.std=[{10 ** 400}, 1, 1]": "data.std: expected three numbers (finite",
     "output_dir=runs/a\x00b": "output_dir: a path cannot hold a NUL byte",
 }
 
@@ -156,6 +158,7 @@ def test_a_validation_fraction_that_leaves_no_room_for_every_class_is_one_line(t
     (b"seed: 1\ntrain: {epochs: 2}\n\xff\xfe\n", "is not UTF-8 text (byte 27); save it as UTF-8"),
     (b"seed: 1\ntrain:\n  epochs: 2\n  epochs: 3\n", "key 'epochs' is given twice (line 4); keep one"),
     (None, "is a directory; give the path of a .yaml recipe in it"),
+    (b"? [a, b]\n: 1\n", "a key must be a name, got ['a', 'b'] (line 1)"),
 ])
 def test_recipe_files_that_cannot_be_read_are_named_in_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "recipe.yaml"
@@ -353,17 +356,17 @@ def test_model_dirs_refused_for_safety_say_so_in_one_line(tmp_path, capsys, tiny
     assert "ships its own modelling code, which hfvision never runs" in err, err
 
 
-def test_under_several_processes_only_the_first_says_the_error(capsys, monkeypatch):
-    from hfvision.errors import HfvisionError
+def test_under_several_processes_only_the_first_says_the_stop_line(capsys, monkeypatch):
+    from hfvision.training.trainer import RunInterrupted
 
-    def fails(argv):
-        raise HfvisionError("data.dataset: nothing there")
+    def stopped(argv):
+        raise RunInterrupted("stopped by SIGTERM at epoch 1, step 3: ...", 143)
 
-    for rank, expected in (("0", "error: data.dataset: nothing there"), ("1", "")):
+    for rank, expected in (("0", "stopped by SIGTERM at epoch 1, step 3: ..."), ("1", "")):
         monkeypatch.setenv("RANK", rank)
         with pytest.raises(SystemExit) as exited:
-            run_cli(fails, [])
-        assert exited.value.code == 2 and capsys.readouterr().err.strip() == expected
+            run_cli(stopped, [])
+        assert exited.value.code == 143 and capsys.readouterr().err.strip() == expected
 
 
 # ------------------------------------------------------------------------------------------ the feature cache

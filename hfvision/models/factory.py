@@ -158,16 +158,16 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
             setattr(config, key, value)
         for key, value in _label_maps(label_names).items():
             setattr(config, key, value)
+        if config.model_type == "scratch_vit":  # its from_pretrained loads the weights at the config's size
+            config.image_size = spec.image_size
         model, loading = _from_pretrained(path, config)
         notes = _loading_notes(model, loading, model_recipe.name)
         if saved_labels != config.id2label:  # other classes: a new head, even where the shapes match
             _reset_classifier(model)
             notes.append(f"classifier replaced: {len(saved_labels)} classes of the checkpoint -> {len(label_names)} "
                          f"({', '.join(label_names[:3])}{', ...' if len(label_names) > 3 else ''})")
-        old_size = _square(getattr(config, "image_size", None) or spec.image_size)
-        set_input_size(model, spec.image_size)
-        if old_size != spec.image_size:
-            notes.append(f"input size: {old_size} -> {spec.image_size} px (position embeddings resampled once)")
+        resized = set_input_size(model, spec.image_size)
+        notes += [resized] if resized else []
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except HfvisionError:
         raise
@@ -180,45 +180,55 @@ def _square(size) -> int:
     return size if isinstance(size, int) else int(size[0])
 
 
-def set_input_size(model: PreTrainedModel, image_size: int) -> None:
-    """Make a pretrained model take ``image_size`` inputs, once, when it is built: absolute position tables are
-    resampled (timm's ``resample_abs_pos_embed``: prefix tokens kept, bicubic on the grid) and the config says the
-    new size, so a saved dir loads at that size with plain ``from_pretrained``. ViT/DeiT (transformers) and timm
-    ViTs; Swin, whose relative position bias lives in windows, only needs the config; others must keep their size."""
+def set_input_size(model: PreTrainedModel, image_size: int) -> str | None:
+    """Make a pretrained model take ``image_size`` inputs, once, when it is built, and return a line saying what
+    changed (None: nothing). Absolute position tables are resampled (timm's ``resample_abs_pos_embed``: prefix
+    tokens kept, bicubic on the grid) and the config says the new size, so a saved dir loads at that size with
+    plain ``from_pretrained``: ViT/DeiT (transformers) and timm ViTs. Swin keeps its relative position bias, which
+    lives in windows, and takes sizes its windows tile; convolutional models take any size. (``scratch_vit``
+    resamples itself in ``from_pretrained``, from the config.)"""
     config = model.config
     timm_model = getattr(model, "timm_model", None)
     if timm_model is not None:
-        if tuple(timm_model.patch_embed.img_size) == (image_size, image_size):
-            return
+        patch_embed = getattr(timm_model, "patch_embed", None)
+        if patch_embed is None or tuple(patch_embed.img_size) == (image_size, image_size):
+            return None  # a timm CNN takes any size; the processor config says which (``_describe_input``)
+        old = _square(patch_embed.img_size)
         if not hasattr(timm_model, "set_input_size"):
             raise HfvisionError(f"data.image_size: {type(timm_model).__name__} cannot change its input size; "
-                                f"use its own ({_square(timm_model.patch_embed.img_size)})")
-        _check_divisible(image_size, _square(timm_model.patch_embed.patch_size), config.architecture)
+                                f"use its own ({old})")
+        _check_divisible(image_size, _square(patch_embed.patch_size), config.architecture)
         timm_model.set_input_size(img_size=(image_size, image_size))
         config.model_args = {**(config.model_args or {}), "img_size": image_size}
-        return
+        return f"input size: {old} -> {image_size} px (position embeddings resampled once)"
     old = getattr(config, "image_size", None)
     if old is None or _square(old) == image_size:
-        return
-    _check_divisible(image_size, _square(config.patch_size), config.model_type)
-    embeddings = getattr(getattr(model, config.model_type, None) or model.base_model, "embeddings", None)
+        return None
+    old = _square(old)
+    embeddings = getattr(model.base_model, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
-    if config.model_type == "swin" or (config.model_type in ("swinv2", "donut-swin") and table is None):
-        _check_divisible(image_size, _square(config.patch_size) * config.window_size, config.model_type)
+    patch = _square(getattr(config, "patch_size", 1))
+    if config.model_type.startswith("swin") or config.model_type == "donut-swin":
+        if table is not None:
+            raise HfvisionError(f"data.image_size: {config.model_type} checkpoints with absolute position embeddings "
+                                f"keep their size ({old})")
+        _check_divisible(image_size, patch * config.window_size, config.model_type)
+        note = "windows tile the new grid; relative position bias kept"
     elif isinstance(table, nn.Parameter) and table.dim() == 3:
-        old_grid, new_grid = _square(old) // _square(config.patch_size), image_size // _square(config.patch_size)
-        prefix = table.shape[1] - old_grid * old_grid
+        _check_divisible(image_size, patch, config.model_type)
+        old_grid, new_grid = old // patch, image_size // patch
         with torch.no_grad():
             embeddings.position_embeddings = nn.Parameter(resample_abs_pos_embed(
-                table.data, new_size=[new_grid, new_grid], old_size=[old_grid, old_grid], num_prefix_tokens=prefix),
-                requires_grad=table.requires_grad)
+                table.data, new_size=[new_grid, new_grid], old_size=[old_grid, old_grid],
+                num_prefix_tokens=table.shape[1] - old_grid * old_grid), requires_grad=table.requires_grad)
         patches = embeddings.patch_embeddings
         patches.image_size = embeddings.image_size = (image_size, image_size)
         patches.num_patches = new_grid * new_grid
-    else:
-        raise HfvisionError(f"data.image_size: hfvision cannot resample the position embeddings of "
-                            f"{config.model_type} checkpoints; use their size ({_square(old)})")
+        note = "position embeddings resampled once"
+    else:  # no position table (ConvNeXt, ResNet, EfficientNet, ...): any size
+        note = "no position table to resample"
     config.image_size = image_size
+    return f"input size: {old} -> {image_size} px ({note})"
 
 
 def _check_divisible(image_size: int, step: int, name: str) -> None:

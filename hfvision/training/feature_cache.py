@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from hfvision.accelerator import main_process_says
 from hfvision.data.sources import ImageData
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -243,15 +244,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("HFVISION_CACHE") or DEFAULT_CACHE_DIR).expanduser()
 
 
-def _main_process_says(accelerator: Accelerator, value):
-    """The main process's ``value`` on every process, so all take the same branch."""
-    if accelerator.num_processes == 1:
-        return value
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
 def load_or_compute_features(model: nn.Module, pixels: torch.Tensor, preprocessor: BatchPreprocessor,
                              accelerator: Accelerator, *, batch_size: int, views: int | None = None, seed: int = 0,
                              label: str = "") -> torch.Tensor:
@@ -261,9 +253,9 @@ def load_or_compute_features(model: nn.Module, pixels: torch.Tensor, preprocesso
                                        views=views, seed=seed)
     entry = cache_root() / fingerprint
     expected_shape = (views or 1, len(pixels))
-    if _main_process_says(accelerator, (entry / FEATURES_FILE).is_file()):
+    if main_process_says(accelerator, (entry / FEATURES_FILE).is_file()):
         features, problem = _read_entry(entry, expected_shape)
-        if _main_process_says(accelerator, problem) is None:
+        if main_process_says(accelerator, problem) is None:
             accelerator.print(f"feature cache: {label} features {tuple(features.shape)} read from {entry}")
             return features
         accelerator.print(f"feature cache: the {label} entry {entry} is damaged ({problem}); rebuilding it")
