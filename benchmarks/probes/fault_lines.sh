@@ -8,8 +8,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
 Q="recipes/quickstart.yaml train.epochs=1 data.max_train_samples=128 eval.explain=false train.report_to=none"
 case_line() {  # NAME ARGS...
   local name=$1; shift
-  local err; err=$("$PY" -m hfvision train "$@" 2>&1 >/dev/null | grep -v '^\s*$' | tail -1)
-  echo "$name | exit ${PIPESTATUS[0]} | $err"
+  "$PY" -m hfvision train "$@" >/dev/null 2>"$OUT/stderr"
+  local status=$?
+  echo "$name | exit $status | $(grep -c . "$OUT/stderr") line(s) | $(tail -1 "$OUT/stderr")"
 }
 run_q() { local name=$1; shift; case_line "$name" $Q "output_dir=$OUT/$name" "$@"; }
 run_q lr_inf train.learning_rate=.inf
