@@ -25,6 +25,7 @@ COMMANDS = {
     "train": "train (fine-tune or from scratch) and evaluate a model from a recipe",
     "evaluate": "evaluate a saved model on a dataset split",
     "predict": "top-k predictions of a trained model for image files, folders or a dataset split",
+    "export": "export a trained model to ONNX, validated against torch on real images",
     "explain": "Grad-CAM or attention-rollout heat maps for images or a dataset",
     "pca": "PCA of pooled features, one panel per model",
     "sweep": "run a recipe's grid/variants and write one comparison table",

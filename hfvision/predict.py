@@ -22,10 +22,11 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from hfvision.accelerator import make_accelerator
-from hfvision.data.images import UnreadableImage, load_pixels
+from hfvision.data.images import UnreadableImage, image_files, load_pixels
 from hfvision.data.sources import load_eval_split
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
+from hfvision.export import is_onnx_dir, load_onnx_for_inference
 from hfvision.fileio import finite_json
 from hfvision.models.factory import BuiltModel, load_model_for_inference
 
@@ -51,22 +52,6 @@ class Predictions:
         return line
 
 
-def image_files(inputs: list[str | Path]) -> list[Path]:
-    """The files named, and every file under the folders named (recursively, sorted; hidden ones left out)."""
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise HfvisionError(f"predict: {item} is neither a file nor a folder")
-    if not files:
-        raise HfvisionError(f"predict: no files under {', '.join(map(str, inputs))}")
-    return files
-
-
 def _top_k(probabilities: torch.Tensor, id2label: dict, k: int) -> list[dict]:
     values, indices = probabilities.topk(min(k, probabilities.shape[-1]), dim=-1)
     rows = []
@@ -78,7 +63,8 @@ def _top_k(probabilities: torch.Tensor, id2label: dict, k: int) -> list[dict]:
 
 @torch.no_grad()
 def _classify(built: BuiltModel, pixels: torch.Tensor, accelerator: Accelerator, k: int) -> list[dict]:
-    inputs = BatchPreprocessor(built.spec).resize_and_normalize(pixels.to(accelerator.device))
+    device = accelerator.device if isinstance(built.model, torch.nn.Module) else "cpu"
+    inputs = BatchPreprocessor(built.spec).resize_and_normalize(pixels.to(device))
     probabilities = built.model(pixel_values=inputs).logits.float().softmax(dim=-1).cpu()
     return _top_k(probabilities, built.model.config.id2label, k)
 
@@ -149,7 +135,7 @@ def write_predictions(predictions: Predictions, out: Path) -> None:
 def predict(model: str, inputs: list[str] | None = None, *, data: str | None = None, split: str = "test",
             out: Path | None = None, top_k: int = 5, batch_size: int = 64, max_samples: int | None = None,
             accelerator: Accelerator | None = None) -> Predictions:
-    """Top-k predictions of ``model`` (run dir, model dir or Hub id) for image files/folders or a dataset split;
+    """Top-k predictions of ``model`` (run dir, model dir, Hub id or ``hfvision export`` dir) for image files/folders or a dataset split;
     written to ``out`` (``.csv`` or ``.jsonl``) by the main process when given."""
     if (inputs is None) == (data is None):
         raise HfvisionError("predict: give image files/folders or --data SOURCE, not both and not neither")
@@ -159,7 +145,10 @@ def predict(model: str, inputs: list[str] | None = None, *, data: str | None = N
         raise HfvisionError(f"--top-k and --batch-size: expected positive integers, got {top_k} and {batch_size}")
     files = image_files(inputs) if inputs is not None else None
     accelerator = accelerator or make_accelerator()
-    built = load_model_for_inference(model, accelerator.device)
+    if is_onnx_dir(model):  # an ``hfvision export`` dir: onnxruntime on the CPU, no torch model built
+        built = load_onnx_for_inference(model)
+    else:
+        built = load_model_for_inference(model, accelerator.device)
     if files is not None:
         predictions = _predict_files(built, files, accelerator, batch_size, top_k)
     else:

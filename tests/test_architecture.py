@@ -11,8 +11,8 @@ LAYERS = {
     "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1,
     "data": 2, "models": 2,
     "training": 3, "evaluation": 3,
-    "explain": 4, "hub": 4, "run_dir": 4, "predict": 4,
-    "pipeline": 5, "sweep": 6, "commands": 7, "cli": 8,
+    "explain": 4, "hub": 4, "run_dir": 4, "export": 4,
+    "pipeline": 5, "predict": 5, "sweep": 6, "commands": 7, "cli": 8,
 }
 
 

@@ -132,3 +132,20 @@ def load_pixels(source, size: int, name: str | None = None) -> torch.Tensor:
     """``source`` decoded and resized for a model of input ``size``: uint8 (1, 3, size, size)."""
     array = resize_rgb(load_rgb(source, name), size)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].contiguous()
+
+
+def image_files(inputs: list[str | Path], key: str = "predict") -> list[Path]:
+    """The files named, and every file under the folders named (recursively, sorted; hidden ones left out).
+    A name that is neither, or no file at all, is one line naming ``key`` (the argument that gave them)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise HfvisionError(f"{key}: {item} is neither a file nor a folder")
+    if not files:
+        raise HfvisionError(f"{key}: no files under {', '.join(map(str, inputs))}")
+    return files
