@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -32,14 +33,16 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+from transformers import AutoConfig
 
 from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import load_eval_split
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
+from hfvision.export import is_onnx_dir, load_onnx_for_inference
 from hfvision.explain.api import first_index_per_class, heatmaps
 from hfvision.explain.figures import overlay, to_rgb
-from hfvision.models.factory import load_model_for_inference
+from hfvision.models.factory import load_model_for_inference, resolve_model_path
 
 DEFAULT_MODEL = os.environ.get("HFVISION_MODEL", "runs/quickstart")
 DISPLAY_SIZE = 256
@@ -52,8 +55,35 @@ HUB_FILES = ["*.json", "*.safetensors"]  # config, processor config and weights:
 @functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
 def load(model_name: str):
     """The model for ``model_name``, on the GPU when there is one; the last few stay loaded."""
+    if is_onnx_dir(model_name):  # an ``hfvision export`` dir: onnxruntime, no Grad-CAM
+        return load_onnx_for_inference(model_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_model_for_inference(model_name, device)
+
+
+def describe_model(model_name: str) -> str:
+    """What the demo serves, in Markdown, read from the files (the model is not loaded for it): the name, the
+    architecture and classes, the run's test accuracy when ``model_name`` is a run dir, and whether heat maps
+    are shown (not for an ONNX export)."""
+    text = f"**Model:** `{model_name}`"
+    try:  # the config alone (either layout: transformers' id2label, timm's label_names)
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name), trust_remote_code=False)
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+    except (OSError, ValueError, KeyError):
+        return text  # a Hub id not fetched yet, or a dir the loader will name the problem of
+    shown = ", ".join(labels[:10]) + (f", ... ({len(labels)} in all)" if len(labels) > 10 else "")
+    kind = getattr(config, "architecture", None) or config.model_type
+    text += f" ({kind}); **{len(labels)} classes:** {shown}"
+    metrics_file = Path(model_name) / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            test = json.loads(metrics_file.read_text())["test"]
+            text += f"; **test accuracy** {test['accuracy']:.4f} on {test['num_samples']:,} images (this run's metrics.json)"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if is_onnx_dir(model_name):
+        text += "; an ONNX export run by onnxruntime: no Grad-CAM heat map for exported models"
+    return text
 
 
 def choose_model(name: str, model_root: Path) -> str:
@@ -118,11 +148,13 @@ def predict(image, model_name: str = DEFAULT_MODEL):
         raise gr.Error(str(exc)) from None
     pixels = image_to_tensor(image, built.spec.image_size)
     with torch.no_grad():
-        device = next(built.model.parameters()).device
+        device = next(built.model.parameters()).device if isinstance(built.model, torch.nn.Module) else "cpu"
         logits = built.model(pixel_values=BatchPreprocessor(built.spec).resize_and_normalize(pixels.to(device))).logits
     probabilities = logits.softmax(dim=-1)[0].cpu()
     top = probabilities.topk(min(5, probabilities.numel()))
     labels = {built.model.config.id2label[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
+    if not isinstance(built.model, torch.nn.Module):  # an ONNX export: no gradients to explain with
+        return labels, None
     heat, _, normalised = heatmaps(built.model, built.spec, pixels)
     blended = overlay(to_rgb(normalised, built.spec)[0], heat[0])
     shown = Image.fromarray((blended * 255).astype(np.uint8)).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST)
@@ -152,6 +184,7 @@ def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) 
     with gr.Blocks(title="hfvision demo") as demo:
         gr.Markdown("# hfvision demo\nUpload an image: the model's top-5 classes and a Grad-CAM heat map of "
                     "where it looked for the predicted class.")
+        gr.Markdown(describe_model(model_name), elem_id="model-info")
         if model_root is not None:
             model_box = gr.Textbox(value=model_name, label="Model (a run dir under the model root, or a Hub id)")
         with gr.Row():

@@ -135,3 +135,55 @@ def test_the_real_pretrained_model_names_the_imagenet_photos(layout, tmp_path):
         classify = pipeline("image-classification", model=str(REAL[layout]))
         reference = {name: classify(str(SAMPLES / name))[0]["label"] for name in truth}
         assert got == reference
+
+
+# ------------------------------------------------------------------------------------------ the demo says what it serves
+
+
+def import_app():
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(REPO))
+    return app
+
+
+def test_the_demo_says_what_it_serves(trained_run, tmp_path):
+    app = import_app()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    text = app.describe_model(str(trained_run))
+    assert text.startswith(f"**Model:** `{trained_run}` (scratch_vit); **6 classes:** ")
+    assert f"**test accuracy** {metrics['test']['accuracy']:.4f} on {metrics['test']['num_samples']:,} images" in text
+    assert app.describe_model("someone/not-fetched") == "**Model:** `someone/not-fetched`"
+
+
+def test_the_demo_serves_an_onnx_export_without_grad_cam(trained_run, photo_folder, tmp_path):
+    from hfvision.export import export_onnx
+
+    app = import_app()
+    export_onnx(str(trained_run), tmp_path / "onnx", images=[str(photo_folder)])
+    assert app.describe_model(str(tmp_path / "onnx")).endswith(
+        "an ONNX export run by onnxruntime: no Grad-CAM heat map for exported models")
+    app.load.cache_clear()
+    labels, heat = app.predict(str(photo_folder / "p0.png"), str(tmp_path / "onnx"))
+    torch_labels, torch_heat = app.predict(str(photo_folder / "p0.png"), str(trained_run))
+    app.load.cache_clear()
+    assert heat is None and torch_heat is not None
+    assert list(labels) == list(torch_labels)
+    for name in labels:
+        assert labels[name] == pytest.approx(torch_labels[name], abs=1e-5)
+
+
+@pytest.mark.skipif(not REAL["transformers"].is_dir(), reason="../shared absent")
+@pytest.mark.parametrize("layout", ["transformers", "timm"])
+def test_the_demo_describes_and_serves_the_real_model_in_both_layouts(layout):
+    app = import_app()
+    text = app.describe_model(str(REAL[layout]))
+    assert "**1000 classes:** tench" in text and ("vit_tiny_patch16_224" in text if layout == "timm" else "(vit)" in text)
+    app.load.cache_clear()
+    labels, heat = app.predict(str(SAMPLES / "n01514668_10054.JPEG"), str(REAL[layout]))
+    app.load.cache_clear()
+    assert len(labels) == 5 and heat is not None
