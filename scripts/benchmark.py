@@ -834,6 +834,38 @@ def usual_way_budget_run(args, device, env) -> dict:
     return metrics
 
 
+def onnx_benchmark(args, device, env) -> None:
+    """torch eager vs onnxruntime fp32 vs int8 for each --onnx model: images/s at batch 1 and 64 and accuracy on
+    --onnx-data's test split (``hfvision.export.export_onnx`` measures; this tabulates)."""
+    from hfvision.export import export_onnx
+    from hfvision.fileio import write_json_atomic
+
+    rows, reports = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, model in enumerate(args.onnx):
+            report = export_onnx(str(model), Path(tmp) / str(index), data=args.onnx_data, split="test",
+                                 max_samples=args.onnx_test_images, int8=True)
+            reports[str(model)] = report
+            fp32, int8 = report["fp32"], report["int8"]
+            for batch in ("batch_1", "batch_64"):
+                a, b = fp32["latency"][batch], int8["latency"][batch]
+                rows.append([str(model), batch.replace("_", " "), f"{a['torch_images_per_second']:.1f}",
+                             f"{a['onnxruntime_images_per_second']:.1f} ({a['onnxruntime_speedup']:.2f}x)",
+                             f"{b['onnxruntime_images_per_second']:.1f} ({b['onnxruntime_speedup']:.2f}x)",
+                             f"{report['torch_reference']['accuracy']:.4f}", f"{fp32['accuracy']:.4f}",
+                             f"{int8['accuracy']:.4f}", f"{fp32['max_abs_logit_difference']:.1e}"])
+    header = ["model", "batch", "torch img/s", "ORT fp32 img/s", "ORT int8 img/s", "torch acc", "fp32 acc",
+              "int8 acc", "max logit diff"]
+    table = "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "onnx_cpu.json", {"reports": reports, "environment": env, "argv": args.argv})
+    (args.out / "onnx_cpu.md").write_text(f"# torch vs onnxruntime (fp32, int8) on this machine\n\n"
+                                          f"`python scripts/benchmark.py {' '.join(args.argv)}`, "
+                                          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; accuracy on the first {args.onnx_test_images} "
+                                          f"images of {args.onnx_data}'s test split\n\n{table}\n")
+    print(table)
+
+
 COMPARISONS = {"train_step": train_step_comparison, "end_to_end": end_to_end_comparison,
                "head_only": head_only_comparison, "input_pipeline": input_pipeline_comparison}
 
@@ -863,6 +895,10 @@ def main(argv):
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--usual-way", type=Path, metavar="RECIPE",
                         help="train the usual way for this scratch_vit recipe's time budget (time-to-accuracy peer)")
+    parser.add_argument("--onnx", nargs="+", type=Path, metavar="MODEL",
+                        help="torch vs onnxruntime fp32 and int8 for these trained models (run or model dirs)")
+    parser.add_argument("--onnx-data", default=str(CIFAR10), help="--onnx: the dataset whose test split is scored")
+    parser.add_argument("--onnx-test-images", type=int, default=1000, help="--onnx: test images scored")
     parser.add_argument("--usual-way-dir", type=Path, default=REPO / "runs/cpu_budget_cifar10/usual_way",
                         help="--usual-way: where its metrics.json goes")
     args = parser.parse_args(argv)
@@ -877,6 +913,9 @@ def main(argv):
     chosen = [name for name in COMPARISONS if getattr(args, name)]
     if args.usual_way:
         usual_way_budget_run(args, device, env)
+        return
+    if args.onnx:
+        onnx_benchmark(args, device, env)
         return
     if args.tuning_modes:
         benchmark_tuning_modes(args.batch_size, args.steps, device, args.out)

@@ -26,3 +26,23 @@ def test_train_step_and_input_pipeline_comparisons_write_their_results(tmp_path)
     for name in ("train_step_cpu.md", "input_pipeline_cpu.md"):
         text = (tmp_path / name).read_text()
         assert "torch" in text and "Command: `python scripts/benchmark.py --train-step" in text and "| --- |" in text
+
+
+@pytest.mark.slow
+def test_the_onnx_comparison_writes_torch_fp32_and_int8_rows(tmp_path):
+    from conftest import tiny_recipe_overrides
+
+    from hfvision.pipeline import fit
+    from hfvision.recipe import load_recipe
+
+    run = tmp_path / "run"
+    fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(run)))
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--onnx", str(run), "--onnx-data", "synthetic",
+               "--onnx-test-images", "64", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900, env=script_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "onnx_cpu.json").read_text())["reports"][str(run)]
+    assert report["fp32"]["max_abs_logit_difference"] <= 1e-4 and report["validated_on"] == 64
+    assert report["fp32"]["accuracy"] == report["torch_reference"]["accuracy"]
+    text = (tmp_path / "onnx_cpu.md").read_text()
+    assert text.count(f"| {run} | batch ") == 2 and "ORT int8 img/s" in text
