@@ -123,7 +123,7 @@ def choose_model(name: str, model_root: Path) -> str:
         raise HfvisionError(f"model: could not load '{name}' from the Hub") from None
 
 
-def image_to_tensor(image, size: int) -> torch.Tensor:
+def image_to_tensor(image, size: int, crop_pct: float | None = None) -> torch.Tensor:
     """An upload (Gradio file payload, path, PIL image or array; any mode or size) -> RGB uint8 (1, 3, size, size),
     decoded and resized as the data path does."""
     if isinstance(image, dict):  # the Image component's payload, unprocessed: hfvision decodes the file itself
@@ -133,7 +133,7 @@ def image_to_tensor(image, size: int) -> torch.Tensor:
     if image is None:
         raise gr.Error("Upload an image first.")
     try:
-        return load_pixels(image, size, name)
+        return load_pixels(image, size, name, crop_pct)
     except UnreadableImage as exc:
         raise gr.Error(f"Could not read {exc}; please upload a JPEG, PNG, WebP or similar image.") from None
 
@@ -146,7 +146,7 @@ def predict(image, model_name: str = DEFAULT_MODEL):
         built = load(model_name)
     except HfvisionError as exc:
         raise gr.Error(str(exc)) from None
-    pixels = image_to_tensor(image, built.spec.image_size)
+    pixels = image_to_tensor(image, built.spec.image_size, built.spec.crop_pct)
     with torch.no_grad():
         device = next(built.model.parameters()).device if isinstance(built.model, torch.nn.Module) else "cpu"
         logits = built.model(pixel_values=BatchPreprocessor(built.spec).resize_and_normalize(pixels.to(device))).logits

@@ -93,13 +93,14 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
         pixels = []
         for path in image_files(images, "--images")[:max_samples]:
             try:
-                pixels.append(load_pixels(path, built.spec.decode_size, str(path)))
+                pixels.append(load_pixels(path, built.spec.decode_size, str(path), built.spec.crop_pct))
             except UnreadableImage:
                 continue
         if not pixels:
             raise HfvisionError(f"--images: no readable image among {', '.join(images)}")
         return torch.cat(pixels), None
-    split_data, names = load_eval_split(data, split, built.spec.decode_size, max_samples, on_bad_image="skip")
+    split_data, names = load_eval_split(data, split, built.spec.decode_size, max_samples, on_bad_image="skip",
+                                         crop_pct=built.spec.crop_pct)
     model_names = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     return split_data.pixels, split_data.labels if names == model_names else None
 

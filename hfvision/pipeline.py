@@ -84,7 +84,8 @@ def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> Imag
     with accelerator.main_process_first():
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
-    data = decode_splits(splits, image_column, label_column, spec.decode_size, label_names, recipe.data.on_bad_image)
+    data = decode_splits(splits, image_column, label_column, spec.decode_size, label_names, recipe.data.on_bad_image,
+                         spec.crop_pct)
     if data.skipped:  # data.on_bad_image=skip
         accelerator.print(f"data: skipped {len(data.skipped)} unreadable image(s): {'; '.join(data.skipped[:3])}"
                           + (" ..." if len(data.skipped) > 3 else ""))
@@ -181,7 +182,8 @@ def evaluate_saved_model(model_name: str, dataset: str, split: str = "test", bat
     accelerator = make_accelerator()
     built = load_model_for_inference(model_name)
     with accelerator.main_process_first():
-        split_data, label_names = load_eval_split(dataset, split, built.spec.decode_size, max_samples)
+        split_data, label_names = load_eval_split(dataset, split, built.spec.decode_size, max_samples,
+                                                   crop_pct=built.spec.crop_pct)
     model_labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     if model_labels != label_names:
         raise HfvisionError(f"--data: the model's labels ({', '.join(model_labels[:5])}, ...) differ from "

@@ -79,7 +79,7 @@ def _predict_files(built: BuiltModel, files: list[Path], accelerator: Accelerato
             batch, names = [], []
             for path in my_files[start:start + batch_size]:
                 try:  # resized at decode to the model's input: every image of a batch has one shape
-                    batch.append(load_pixels(path, built.spec.decode_size, str(path)))
+                    batch.append(load_pixels(path, built.spec.decode_size, str(path), built.spec.crop_pct))
                     names.append(str(path))
                 except UnreadableImage as exc:
                     mine.skipped.append(str(exc))
@@ -94,7 +94,8 @@ def _predict_files(built: BuiltModel, files: list[Path], accelerator: Accelerato
 def _predict_split(built: BuiltModel, dataset: str, split: str, accelerator: Accelerator, batch_size: int,
                    k: int, max_samples: int | None) -> Predictions:
     with accelerator.main_process_first():
-        data, label_names = load_eval_split(dataset, split, built.spec.decode_size, max_samples, on_bad_image="skip")
+        data, label_names = load_eval_split(dataset, split, built.spec.decode_size, max_samples, on_bad_image="skip",
+                                             crop_pct=built.spec.crop_pct)
     mine = Predictions(skipped=data.skipped if accelerator.is_main_process else [])
     with accelerator.split_between_processes(list(range(len(data)))) as my_indices:
         for start in range(0, len(my_indices), batch_size):

@@ -19,19 +19,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Square input ``image_size``, per-channel ``mean``/``std`` on [0, 1] pixels, and ``decode_size``: the edge
-    that images of a source with mixed sizes are decoded to (a source whose images share one size keeps it, and
-    each batch is resized to ``image_size`` on the device)."""
+    """Square input ``image_size``, per-channel ``mean``/``std`` on [0, 1] pixels, ``crop_pct`` (the resize
+    policy) and ``decode_size``: the largest edge an image is kept at once decoded.
+
+    ``crop_pct`` None squashes an image to the square; a number keeps the central square whose side is that
+    fraction of the shorter side (timm's eval transform: the shorter side resized to ``image_size / crop_pct``,
+    then a centre crop of ``image_size``), taken at decode time. Then an image larger than ``decode_size`` is
+    reduced to it, so memory per image is bounded by the input size; a smaller one keeps its size (CIFAR stays
+    32 px) and each batch is resized to ``image_size`` on the device."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_pct: float | None = None
 
     @property
     def decode_size(self) -> int:
         return self.image_size
 
 
-def input_spec(image_size, mean, std) -> InputSpec:
+def input_spec(image_size, mean, std, crop_pct=None) -> InputSpec:
     """An :class:`InputSpec` from loosely typed values (config ints, processor lists)."""
-    return InputSpec(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    return InputSpec(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                     None if crop_pct is None else float(crop_pct))

@@ -4,6 +4,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, tiny_recipe_overrides
@@ -110,11 +111,10 @@ def known_answer_photos():
         return list(csv.DictReader(f))
 
 
-# Both layouts get 15/17 (misses: cock -> hen, cocktail shaker -> wine bottle), as pipeline() does for the
-# transformers layout. pipeline() gets 17/17 with the timm layout's shorter-side resize + centre crop (crop_pct 0.9);
-# hfvision's decode path squashes to a square and has no crop policy yet (issue 21's resize policy).
+# As pipeline() does: the transformers layout squashes to 224 (15/17; misses: cock -> hen, cocktail shaker -> wine
+# bottle), the timm layout keeps the central 0.9 of the shorter side (crop_pct) and gets 17/17.
 @needs_shared
-@pytest.mark.parametrize("model_dir,at_least", [(REAL_VIT, 15), (REAL_TIMM, 15)])
+@pytest.mark.parametrize("model_dir,at_least", [(REAL_VIT, 15), (REAL_TIMM, 17)])
 def test_the_real_pretrained_model_knows_the_imagenet_photos_through_hfvisions_path(model_dir, at_least):
     from hfvision.data.images import load_pixels
     from hfvision.data.transforms import BatchPreprocessor
@@ -126,7 +126,7 @@ def test_the_real_pretrained_model_knows_the_imagenet_photos_through_hfvisions_p
     right = []
     with torch.no_grad():
         for row in rows:
-            pixels = load_pixels(SAMPLES / row["file"], built.spec.decode_size)
+            pixels = load_pixels(SAMPLES / row["file"], built.spec.decode_size, crop_pct=built.spec.crop_pct)
             logits = built.model(pixel_values=preprocess.resize_and_normalize(pixels)).logits
             right.append(int(logits.argmax(-1)) == int(row["label_index"]))
     assert sum(right) >= at_least, [row["label"] for row, ok in zip(rows, right) if not ok]
@@ -147,3 +147,52 @@ def test_the_real_vit_tiny_at_112_px_takes_112_px_inputs_and_reloads_the_same(mo
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=pixels).logits, logits, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ the resize policy
+
+
+def smooth_photo(path, width, height, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((width, height), Image.BICUBIC).save(path, quality=90)
+
+
+@pytest.mark.parametrize("crop_pct,mode", [(0.9, "center"), (None, "squash")])
+def test_decoded_pixels_match_the_timm_processors_own_output(crop_pct, mode, tmp_path):
+    from transformers import TimmWrapperImageProcessor
+
+    from hfvision.data.images import load_pixels
+    from hfvision.data.transforms import BatchPreprocessor
+    from hfvision.models.factory import processor_spec
+
+    cfg = {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
+           "crop_pct": crop_pct or 1.0, "crop_mode": mode}
+    processor = TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture="vit_tiny_patch16_224")
+    spec = processor_spec(processor)
+    assert spec.crop_pct == crop_pct
+    for i, (w, h) in enumerate([(400, 300), (300, 500), (640, 480)]):
+        path = tmp_path / f"photo{i}.jpg"
+        smooth_photo(path, w, h, seed=i)
+        from PIL import Image
+        theirs = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
+        ours = BatchPreprocessor(spec).resize_and_normalize(load_pixels(path, spec.decode_size, crop_pct=spec.crop_pct))
+        assert ours.shape == theirs.shape == (1, 3, 64, 64)
+        assert (ours - theirs).abs().max() <= 4 / 255 / 0.5  # PIL's and torch's antialiased bilinear: a few levels
+
+
+def test_large_photos_are_decoded_at_most_at_the_input_size(tmp_path):
+    from datasets import Dataset, Image as ImageFeature
+
+    from hfvision.data.sources import decode_split
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"big{i}.jpg"))
+        smooth_photo(paths[-1], 2000, 1500, seed=i)
+    ds = Dataset.from_dict({"image": paths, "label": [0, 1, 0]}).cast_column("image", ImageFeature())
+    squashed = decode_split(ds, "image", "label", 224)
+    cropped = decode_split(ds, "image", "label", 224, crop_pct=0.9)
+    assert squashed.pixels.shape == cropped.pixels.shape == (3, 3, 224, 224)  # not (3, 3, 1500, 2000)

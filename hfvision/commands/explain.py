@@ -32,7 +32,7 @@ def run(args):
     first = next(iter(built.values()))
     true_labels = None
     if args.image:
-        images = torch.cat([load_image(path, first.spec.image_size) for path in args.image])
+        images = torch.cat([load_image(path, first.spec.image_size, first.spec.crop_pct) for path in args.image])
     else:
         split, label_names = load_eval_split(args.data, args.split, first.spec.image_size)
         indices = first_index_per_class(split.labels, len(label_names)) if args.per_class else list(range(args.count))

@@ -24,6 +24,7 @@ back to uint8: images resized at decode time and images resized per batch differ
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -119,18 +120,45 @@ def load_rgb(source, name: str | None = None) -> np.ndarray:
     return array if array.flags.writeable else array.copy()  # np.asarray of a PIL image is read-only
 
 
-def resize_rgb(array: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (size, size, 3): bilinear, antialiased when shrinking, as the per-batch resize."""
-    if array.shape[:2] == (size, size):
+def resize_rgb(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3) or (h, w, 3) for a pair: bilinear, antialiased when shrinking, as
+    the per-batch resize."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if array.shape[:2] == shape:
         return array
     x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+    x = F.interpolate(x, size=shape, mode="bilinear", align_corners=False,
+                      antialias=x.shape[-1] > shape[1] or x.shape[-2] > shape[0])
     return x.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
 
 
-def load_pixels(source, size: int, name: str | None = None) -> torch.Tensor:
-    """``source`` decoded and resized for a model of input ``size``: uint8 (1, 3, size, size)."""
-    array = resize_rgb(load_rgb(source, name), size)
+def fit_to_input(array: np.ndarray, size: int, crop_pct: float | None = None) -> np.ndarray:
+    """The resize policy at decode time (``InputSpec``), so that memory per image is bounded by ``size``.
+
+    With ``crop_pct`` (timm's eval transform): an image whose shorter side exceeds ``floor(size / crop_pct)`` is
+    resized to that shorter side and centre-cropped to ``size``, as timm does; a smaller one keeps its central
+    square of the same fraction, at its own resolution (upsampled per batch). Without: an image larger than
+    ``size``, or not square, is squashed to (size, size); a square one no larger keeps its pixels."""
+    height, width = array.shape[:2]
+    if crop_pct is None:
+        return resize_rgb(array, size) if max(height, width) > size or height != width else array
+    scale_size = math.floor(size / crop_pct)
+    if min(height, width) > scale_size:  # timm's order and torchvision's arithmetic: Resize, then CenterCrop
+        short, long = min(height, width), max(height, width)
+        long = int(scale_size * long / short)
+        new_h, new_w = (scale_size, long) if height <= width else (long, scale_size)
+        array = resize_rgb(array, (new_h, new_w))
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        return np.ascontiguousarray(array[top:top + size, left:left + size])
+    side = max(1, round(min(height, width) * size / scale_size))
+    top, left = (height - side) // 2, (width - side) // 2
+    return np.ascontiguousarray(array[top:top + side, left:left + side])
+
+
+def load_pixels(source, size: int, name: str | None = None, crop_pct: float | None = None) -> torch.Tensor:
+    """``source`` decoded and resized for a model of input ``size`` by the resize policy (``fit_to_input``):
+    uint8 (1, 3, size, size)."""
+    array = resize_rgb(fit_to_input(load_rgb(source, name), size, crop_pct), size)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].contiguous()
 
 

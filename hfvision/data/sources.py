@@ -20,7 +20,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from torch.utils.data import DataLoader, TensorDataset
 
-from hfvision.data.images import UnreadableImage, load_rgb, resize_rgb
+from hfvision.data.images import UnreadableImage, fit_to_input, load_rgb, resize_rgb
 from hfvision.data.synthetic import load_synthetic
 from hfvision.errors import HfvisionError
 from hfvision.recipe import DataRecipe
@@ -113,15 +113,17 @@ def _image_name(value: dict, split: str, index: int) -> str:
 
 
 def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | None,
-                 on_bad_image: str = "error", split: str = "data") -> ImageSplit:
-    """Decode every image once to RGB uint8. Images of one shared size keep it; mixed sizes go to ``size``.
-    An unreadable image stops here (``on_bad_image="error"``) or is dropped and listed (``"skip"``)."""
+                 on_bad_image: str = "error", split: str = "data", crop_pct: float | None = None) -> ImageSplit:
+    """Decode every image once to RGB uint8, by the resize policy (``fit_to_input``: ``crop_pct``, then at most
+    ``size``); images left with different sizes go to ``size``. An unreadable image stops here
+    (``on_bad_image="error"``) or is dropped and listed (``"skip"``)."""
     encoded = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False))  # we decode
     values = (value for batch in encoded.iter(batch_size=256) for value in batch[image_column])  # {"bytes", "path"}
     arrays, kept, skipped = [], [], []
     for index, value in enumerate(values):
         try:
-            arrays.append(load_rgb(value, _image_name(value, split, index)))
+            array = load_rgb(value, _image_name(value, split, index))
+            arrays.append(array if size is None else fit_to_input(array, size, crop_pct))
             kept.append(index)
         except UnreadableImage as exc:
             if on_bad_image == "error":
@@ -222,16 +224,17 @@ def _stratified_split(train: Dataset, fraction: float, label_column: str, seed: 
 
 
 def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,
-                  label_names: list[str], on_bad_image: str = "error") -> ImageData:
+                  label_names: list[str], on_bad_image: str = "error", crop_pct: float | None = None) -> ImageData:
     """Decode the train/validation/test splits of ``split_dataset`` once, to uint8 tensors."""
-    decoded = {name: decode_split(ds, image_column, label_column, decode_size, on_bad_image, name)
+    decoded = {name: decode_split(ds, image_column, label_column, decode_size, on_bad_image, name, crop_pct)
                for name, ds in splits.items()}
     return ImageData(decoded["train"], decoded["validation"], decoded["test"], label_names)
 
 
 def load_eval_split(dataset: str, split: str, decode_size: int | None, max_samples: int | None = None,
                     image_column: str | None = None, label_column: str | None = None,
-                    seed: int = 42, on_bad_image: str = "error") -> tuple[ImageSplit, list[str]]:
+                    seed: int = 42, on_bad_image: str = "error",
+                    crop_pct: float | None = None) -> tuple[ImageSplit, list[str]]:
     """One named split of a source, for evaluating a saved model on it."""
     raw = load_raw(dataset)
     if split not in raw:
@@ -242,4 +245,4 @@ def load_eval_split(dataset: str, split: str, decode_size: int | None, max_sampl
     if names is None:
         raise HfvisionError(f"data.label_column: '{label_column}' is not a class-label column")
     return decode_split(_subsample(ds, max_samples, seed), image_column, label_column, decode_size, on_bad_image,
-                        split), names
+                        split, crop_pct), names

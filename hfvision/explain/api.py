@@ -20,10 +20,11 @@ from hfvision.spec import InputSpec
 METHODS = ("gradcam", "rollout")
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """An image file as the data path decodes it (any mode to RGB, resized to ``size``): uint8 (1, 3, size, size)."""
+def load_image(path: str | Path, size: int, crop_pct: float | None = None) -> torch.Tensor:
+    """An image file as the data path decodes it (any mode to RGB, the resize policy, ``size``): uint8
+    (1, 3, size, size)."""
     try:
-        return load_pixels(path, size)
+        return load_pixels(path, size, crop_pct=crop_pct)
     except UnreadableImage as exc:
         raise HfvisionError(f"--image: {exc}") from None
 

@@ -78,8 +78,9 @@ def _edge(size) -> int | None:
 def processor_spec(processor) -> InputSpec:
     """Size, mean and std from an image processor (square inputs; the crop size when it center-crops)."""
     if hasattr(processor, "data_config"):  # transformers' timm wrapper keeps timm's data config
-        config = processor.data_config
-        return input_spec(config["input_size"][-1], config["mean"], config["std"])
+        config = processor.data_config  # crop_mode "center": the central crop_pct of the shorter side; else squash
+        crop_pct = config.get("crop_pct") if config.get("crop_mode", "center") == "center" else None
+        return input_spec(config["input_size"][-1], config["mean"], config["std"], crop_pct)
     size = _edge(processor.size)
     if getattr(processor, "do_center_crop", False) and _edge(getattr(processor, "crop_size", None)):
         size = _edge(processor.crop_size)
@@ -107,7 +108,8 @@ def resolve_input_spec(model_recipe: ModelRecipe, data: DataRecipe) -> InputSpec
         except (OSError, ValueError) as exc:
             raise checkpoint_load_error("model.name", f"the image processor of '{model_recipe.name}'", exc) from None
         saved = processor_spec(processor)
-        spec = input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std)
+        spec = input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std,
+                          saved.crop_pct)
     padding = data.augment.random_crop_padding
     if padding >= spec.image_size:  # a crop of padding alone; a huge value would allocate terabytes
         raise HfvisionError(f"data.augment.random_crop_padding: expected less than the input size "
@@ -279,7 +281,8 @@ def _describe_input(processor, spec: InputSpec, model: PreTrainedModel):
     """Make the saved processor describe what training fed the model, so inference matches."""
     if hasattr(processor, "data_config"):  # timm: the processor is read from the model config's pretrained_cfg
         pretrained_cfg = {**(model.config.pretrained_cfg or {}), "input_size": [3, spec.image_size, spec.image_size],
-                          "mean": list(spec.mean), "std": list(spec.std), "crop_pct": 1.0}
+                          "mean": list(spec.mean), "std": list(spec.std), "crop_pct": spec.crop_pct or 1.0,
+                          "crop_mode": "center" if spec.crop_pct is not None else "squash"}
         model.config.pretrained_cfg = pretrained_cfg
         return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=model.config.architecture)
     processor.image_mean, processor.image_std = list(spec.mean), list(spec.std)
