@@ -123,3 +123,14 @@ def script_env() -> dict:
     import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if a run gets as far as loading data or resolving the model."""
+    import hfvision.pipeline as pipeline
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("data or model were loaded before the error")
+    monkeypatch.setattr(pipeline, "load_raw", loaded)
+    monkeypatch.setattr(pipeline, "resolve_input_spec", loaded)

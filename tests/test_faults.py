@@ -102,17 +102,6 @@ def test_a_planted_pickle_in_the_checkpoint_is_never_run(ema_run, tmp_path, caps
 # ------------------------------------------------------------------------------------------ bad numbers and inputs
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if a run gets as far as loading data or resolving the model."""
-    import hfvision.pipeline as pipeline
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("data or model were loaded before the error")
-    monkeypatch.setattr(pipeline, "load_raw", loaded)
-    monkeypatch.setattr(pipeline, "resolve_input_spec", loaded)
-
-
 BEFORE_LOADING = {  # override -> what the one line must say
     "train.learning_rate=.inf": "train.learning_rate: expected a finite number, got inf",
     "train.weight_decay=.inf": "train.weight_decay: expected a finite number, got inf",

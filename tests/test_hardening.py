@@ -168,15 +168,6 @@ def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeyp
 # --------------------------------------------------------------------------------- errors before loading
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if a run gets as far as loading data or resolving the model."""
-    def loaded(*args, **kwargs):
-        raise AssertionError("data or model were loaded before the error")
-    monkeypatch.setattr(pipeline, "load_raw", loaded)
-    monkeypatch.setattr(pipeline, "resolve_input_spec", loaded)
-
-
 def one_line_error(recipe_overrides, capsys) -> str:
     def main(argv):
         fit(load_recipe(QUICKSTART, recipe_overrides))
