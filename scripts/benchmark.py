@@ -678,7 +678,7 @@ def _head_only_comparison(args, device, env, work: Path) -> dict:
     from hfvision.recipe import load_recipe
 
     source = str(args.cifar10) if args.cifar10.is_dir() else "synthetic"
-    model_dir = save_random_vit(work / "vit_b32", 224, 32, (0.5,) * 3, (0.5,) * 3)  # ViT-B/32 shape: 768 x 12, 12 heads
+    model_dir = args.head_only_model or save_random_vit(work / "vit_b32", 224, 32, (0.5,) * 3, (0.5,) * 3)  # ViT-B/32 shape
     os.environ["HFVISION_CACHE"] = str(work / "feature_cache")  # a cold cache: building it is part of the time
 
     def recipe(name: str, cache: str):
@@ -707,8 +707,10 @@ def _head_only_comparison(args, device, env, work: Path) -> dict:
     rows = [[name, f"{r['training_seconds']:.1f}", f"{r['cache_seconds']:.1f}", f"{r['wall_seconds']:.1f}",
              f"{plain['training_seconds'] / r['training_seconds']:.1f}x", f"{100 * r['val_accuracy'][-1]:.2f}%",
              f"{100 * r['test_accuracy']:.2f}%"] for name, r in runs.items()]
-    notes = [f"ViT-B/32-shaped `ViTForImageClassification` (width 768, depth 12, 12 heads, patch 32) at 224 px, random "
-             f"weights saved locally (a stand-in for a Hub checkpoint); head-only; {source}: "
+    backbone = (f"`{args.head_only_model}` at 224 px" if args.head_only_model else
+                "ViT-B/32-shaped `ViTForImageClassification` (width 768, depth 12, 12 heads, patch 32) at 224 px, random "
+                "weights saved locally (a stand-in for a Hub checkpoint)")
+    notes = [f"{backbone}; head-only; {source}: "
              f"{args.head_only_train_images} training images, {args.head_only_eval_images} validation, "
              f"{args.head_only_eval_images} test (32 px, resized per batch); {args.head_only_epochs} epochs, batch 32, "
              "Adam 1e-3, constant LR, no augmentation, fp32.",
@@ -891,6 +893,9 @@ def main(argv):
     parser.add_argument("--head-only-train-images", type=int, default=250)
     parser.add_argument("--head-only-eval-images", type=int, default=50, help="validation and test images each")
     parser.add_argument("--head-only-epochs", type=int, default=10)
+    parser.add_argument("--head-only-model", type=Path, default=None,
+                        help="--head-only: this checkpoint (e.g. ../shared/models/vit-tiny-patch16-224) instead of a "
+                             "random ViT-B/32-shaped one")
     parser.add_argument("--cifar10", type=Path, default=CIFAR10, help="real CIFAR-10 (Parquet, img/label)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--usual-way", type=Path, metavar="RECIPE",
