@@ -53,7 +53,12 @@ class OnnxClassifier:
         from transformers import AutoConfig
 
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        self.session = onnxruntime.InferenceSession(str(Path(path) / file), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # no busy-waiting of idle worker threads between runs: they would take the cores from torch (or from a
+        # training job) beside them; measured, torch at batch 1 ran 3x slower alternated with a spinning session
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(Path(path) / file), options,
+                                                    providers=["CPUExecutionProvider"])
 
     def __call__(self, pixel_values: torch.Tensor) -> "OnnxClassifier.Output":
         array = pixel_values.detach().cpu().float().numpy()
@@ -105,24 +110,23 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
     return split_data.pixels, split_data.labels if names == model_names else None
 
 
-def _median_seconds(run, inputs, repeats: int) -> float:
-    run(inputs)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _latency(torch_model, onnx_model: OnnxClassifier, image_size: int) -> dict:
+    """Seconds per batch of torch eager and onnxruntime, measured alternately (A B A B ..., after a warm-up of
+    each) so that a change in the machine's load falls on both; medians."""
     out = {}
     for batch in LATENCY_BATCHES:
         x = torch.randn(batch, 3, image_size, image_size)
-        repeats = 20 if batch == 1 else 5
+        runs = {"torch": lambda: torch_model(pixel_values=x), "onnxruntime": lambda: onnx_model(pixel_values=x)}
+        times = {name: [] for name in runs}
         with torch.no_grad():
-            torch_s = _median_seconds(lambda v: torch_model(pixel_values=v), x, repeats)
-        onnx_s = _median_seconds(lambda v: onnx_model(pixel_values=v), x, repeats)
+            for name, run in runs.items():
+                run()  # warm-up
+            for _ in range(20 if batch == 1 else 5):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
+        torch_s, onnx_s = statistics.median(times["torch"]), statistics.median(times["onnxruntime"])
         out[f"batch_{batch}"] = {"torch_ms": 1000 * torch_s, "onnxruntime_ms": 1000 * onnx_s,
                                  "torch_images_per_second": batch / torch_s,
                                  "onnxruntime_images_per_second": batch / onnx_s,
