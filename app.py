@@ -40,7 +40,7 @@ from hfvision.data.sources import load_eval_split
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.export import is_onnx_dir, load_onnx_for_inference
-from hfvision.explain.api import first_index_per_class, heatmaps
+from hfvision.explain.api import METHODS, first_index_per_class, heatmaps
 from hfvision.explain.figures import overlay, to_rgb
 from hfvision.models.factory import load_model_for_inference, resolve_model_path
 
@@ -138,8 +138,9 @@ def image_to_tensor(image, size: int, crop_pct: float | None = None) -> torch.Te
         raise gr.Error(f"Could not read {exc}; please upload a JPEG, PNG, WebP or similar image.") from None
 
 
-def predict(image, model_name: str = DEFAULT_MODEL):
-    """Top-5 {label: probability} and the Grad-CAM overlay of the predicted class."""
+def predict(image, model_name: str = DEFAULT_MODEL, method: str = "gradcam"):
+    """Top-5 {label: probability} and the heat-map overlay (``method``: one of ``METHODS``) of the predicted
+    class."""
     if image is None:
         raise gr.Error("Upload an image first.")
     try:
@@ -155,7 +156,12 @@ def predict(image, model_name: str = DEFAULT_MODEL):
     labels = {built.model.config.id2label[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
     if not isinstance(built.model, torch.nn.Module):  # an ONNX export: no gradients to explain with
         return labels, None
-    heat, _, normalised = heatmaps(built.model, built.spec, pixels)
+    if method not in METHODS:
+        raise gr.Error(f"Heat map: '{method}' is not one of {', '.join(METHODS)}.")
+    try:
+        heat, _, normalised = heatmaps(built.model, built.spec, pixels, method)
+    except ValueError as exc:  # rollout on a model without global attention
+        raise gr.Error(f"Heat map: {exc}.") from None
     blended = overlay(to_rgb(normalised, built.spec)[0], heat[0])
     shown = Image.fromarray((blended * 255).astype(np.uint8)).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST)
     return labels, shown
@@ -182,8 +188,8 @@ def example_images(model_name: str, folder: Path) -> list[str]:
 def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) -> gr.Blocks:
     """The app serving ``model_name``; with ``model_root``, a model box limited to that root and Hub ids."""
     with gr.Blocks(title="hfvision demo") as demo:
-        gr.Markdown("# hfvision demo\nUpload an image: the model's top-5 classes and a Grad-CAM heat map of "
-                    "where it looked for the predicted class.")
+        gr.Markdown("# hfvision demo\nUpload an image: the model's top-5 classes and a heat map of where it "
+                    "looked for the predicted class (Grad-CAM, attention rollout, Score-CAM or occlusion).")
         gr.Markdown(describe_model(model_name), elem_id="model-info")
         if model_root is not None:
             model_box = gr.Textbox(value=model_name, label="Model (a run dir under the model root, or a Hub id)")
@@ -191,14 +197,15 @@ def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) 
             image = gr.Image(type="filepath", label="Image", elem_id="input-image")
             with gr.Column():
                 labels = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="labels")
-                heat = gr.Image(type="pil", label="Grad-CAM (predicted class)", elem_id="gradcam")
+                heat = gr.Image(type="pil", label="Heat map (predicted class)", elem_id="gradcam")
+        method = gr.Radio(list(METHODS), value="gradcam", label="Heat map", elem_id="method")
         button = gr.Button("Classify", variant="primary", elem_id="classify")
         if model_root is None:
-            def classify(upload):
-                return predict(upload, model_name)
-            inputs = [image]
+            def classify(upload, method_name):
+                return predict(upload, model_name, method_name)
+            inputs = [image, method]
         else:
-            def classify(upload, choice):
+            def classify(upload, choice, method_name):
                 try:
                     chosen = model_name if choice == model_name else choose_model(choice, model_root)
                 except HfvisionError as exc:
@@ -208,8 +215,8 @@ def build_demo(model_name: str = DEFAULT_MODEL, model_root: Path | None = None) 
                 except Exception:  # noqa: BLE001 -- not a classifier dir, damaged weights, ...: one line, and
                     # the visitor's name, not the resolved server path or a library's stack
                     raise gr.Error(f"model: could not load '{choice}' as an image classifier") from None
-                return predict(upload, chosen)
-            inputs = [image, model_box]
+                return predict(upload, chosen, method_name)
+            inputs = [image, model_box, method]
         # preprocess=False: the upload reaches ``predict`` as Gradio's file payload (already checked to be in
         # Gradio's upload cache) and is decoded by hfvision, so a non-image gets our message, not a stack trace
         button.click(classify, inputs=inputs, outputs=[labels, heat], api_name="predict", preprocess=False)

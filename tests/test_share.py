@@ -330,7 +330,7 @@ def test_demo_script_takes_host_and_port_from_gradio_env_and_serves_only_its_mod
         assert f"Running on local URL:  http://127.0.0.1:{port}" in output, output[-2000:]
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/predict"]["parameters"]
-        assert [p["parameter_name"] for p in parameters] == ["upload"]  # no model input: the operator fixed it
+        assert [p["parameter_name"] for p in parameters] == ["upload", "method_name"]  # no model input: the operator fixed it
         image = handle_file(str(model_root / "shape.png"))
         expected = client.predict(image, api_name="/predict")[0]["label"]
         with pytest.raises(Exception, match="^Could not read notes.png: not an image file PIL can read"):

@@ -246,3 +246,14 @@ def load_eval_split(dataset: str, split: str, decode_size: int | None, max_sampl
         raise HfvisionError(f"data.label_column: '{label_column}' is not a class-label column")
     return decode_split(_subsample(ds, max_samples, seed), image_column, label_column, decode_size, on_bad_image,
                         split, crop_pct), names
+
+
+def load_recipe_split(data: DataRecipe, seed: int, split: str, decode_size: int | None, max_samples: int | None = None,
+                      sample_seed: int = 0, crop_pct: float | None = None) -> tuple[ImageSplit, list[str]]:
+    """One split (train/validation/test) as a run with ``data`` and ``seed`` made it, e.g. a photo folder's
+    held-out test part; ``max_samples`` of it drawn with ``sample_seed``."""
+    splits, image_column, label_column, label_names = split_dataset(load_raw(data.dataset), data, seed)
+    if split not in splits:
+        raise HfvisionError(f"--split: a run's splits are {', '.join(splits)}, not '{split}'")
+    return decode_split(_subsample(splits[split], max_samples, sample_seed), image_column, label_column, decode_size,
+                        data.on_bad_image, split, crop_pct), label_names

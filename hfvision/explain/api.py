@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,26 @@ from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import ImageSplit
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
+from hfvision.explain.faithfulness import (
+    RANDOMISATION_STAGES,
+    deletion_insertion,
+    random_maps,
+    randomised_copy,
+    rank_correlation,
+)
 from hfvision.explain.figures import plot_heatmap_grid, to_rgb
 from hfvision.explain.gradcam import GradCam
+from hfvision.explain.occlusion import OcclusionMap
 from hfvision.explain.pca import plot_pca, pooled_features, project
 from hfvision.explain.rollout import attention_rollout
+from hfvision.explain.scorecam import ScoreCam
+from hfvision.models.outputs import logits_of
 from hfvision.spec import InputSpec
 
-METHODS = ("gradcam", "rollout")
+METHODS = ("gradcam", "rollout", "scorecam", "occlusion")
+# The rows of the faithfulness table: name -> (method, Grad-CAM's LN rule); "random" is the baseline.
+FAITHFULNESS_ROWS = {"gradcam": ("gradcam", True), "gradcam-plain": ("gradcam", False), "rollout": ("rollout", True),
+                     "scorecam": ("scorecam", True), "occlusion": ("occlusion", True), "random": ("random", True)}
 
 
 def load_image(path: str | Path, size: int, crop_pct: float | None = None) -> torch.Tensor:
@@ -29,6 +43,27 @@ def load_image(path: str | Path, size: int, crop_pct: float | None = None) -> to
         raise HfvisionError(f"--image: {exc}") from None
 
 
+def explain_pixels(model, pixels: torch.Tensor, method: str = "gradcam", target: torch.Tensor | int | None = None,
+                   constant_norm_scale: bool = True, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heat maps (B, H, W) in [0, 1], explained class per image) for normalised ``pixels`` at the model's input
+    size. ``target`` None explains the predicted class."""
+    if method not in METHODS:
+        raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
+    if method == "gradcam":
+        return GradCam(model, constant_norm_scale=constant_norm_scale)(pixels, target)
+    if method == "scorecam":
+        return ScoreCam(model, batch_size=batch_size)(pixels, target)
+    if method == "occlusion":
+        return OcclusionMap(model, batch_size=batch_size)(pixels, target)
+    heat = attention_rollout(model, pixels)  # class-agnostic
+    if target is None:
+        with torch.no_grad():
+            target = logits_of(model, pixels).argmax(dim=1)
+    elif isinstance(target, int):
+        target = torch.full((pixels.shape[0],), target)
+    return heat, target
+
+
 def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradcam",
              target: int | None = None,
              constant_norm_scale: bool = True) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -38,12 +73,7 @@ def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradca
         raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
-    if method == "gradcam":
-        heat, classes = GradCam(model, constant_norm_scale=constant_norm_scale)(pixels, target)
-    else:
-        heat = attention_rollout(model, pixels)
-        classes = model(pixel_values=pixels).logits.argmax(dim=1) if target is None else torch.full(
-            (pixels.shape[0],), target)
+    heat, classes = explain_pixels(model, pixels, method, target, constant_norm_scale)
     return heat.cpu().numpy(), classes.cpu().numpy(), pixels
 
 
@@ -116,3 +146,72 @@ def pca_figure(models: dict[str, tuple[object, InputSpec]], split: ImageSplit, l
         variances[name] = variance.tolist()
     plot_pca(panels, label_names, path)
     return variances
+
+
+def _row_maps(model, pixels: torch.Tensor, row: str, target: torch.Tensor, seed: int, batch_size: int) -> torch.Tensor:
+    method, rule = FAITHFULNESS_ROWS[row]
+    if method == "random":
+        return random_maps(len(pixels), pixels.shape[-1], seed).to(pixels.device)
+    return explain_pixels(model, pixels, method, target, constant_norm_scale=rule, batch_size=batch_size)[0]
+
+
+def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor | None = None,
+                         rows: tuple[str, ...] = tuple(FAITHFULNESS_ROWS), steps: int = 16, seed: int = 0,
+                         batch_size: int = 64) -> dict:
+    """Each method's maps for uint8 ``images``, scored by deletion and insertion AUC and by the model-randomisation
+    check (``hfvision.explain.faithfulness``); the predicted class is the one explained. A method the model cannot
+    give (rollout without attention weights) is listed in ``skipped`` with the reason."""
+    device = next(model.parameters()).device
+    pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
+    with torch.no_grad():
+        target = logits_of(model, pixels).argmax(dim=1)
+    randomised = {stage: randomised_copy(model, stage, seed) for stage in RANDOMISATION_STAGES}
+    table, maps, skipped = [], {}, {}
+    for row in rows:
+        start = time.perf_counter()
+        try:
+            heat = _row_maps(model, pixels, row, target, seed, batch_size)
+        except ValueError as exc:
+            skipped[row] = str(exc)
+            continue
+        seconds = (time.perf_counter() - start) / len(pixels)
+        scores = deletion_insertion(model, pixels, heat, target, steps, batch_size, seed)
+        result = {"method": row, "seconds_per_image": seconds}
+        for metric in ("deletion", "insertion"):
+            values = scores[metric].numpy()
+            result[f"{metric}_auc"] = float(values.mean())
+            result[f"{metric}_auc_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        for stage, model_copy in randomised.items():
+            again = _row_maps(model_copy, pixels, row, target, seed, batch_size)
+            result[f"spearman_{stage}_randomised"] = float(rank_correlation(heat, again).mean())
+        table.append(result)
+        maps[row] = heat.cpu().numpy()
+    correct = None if labels is None else float((target.cpu() == labels.cpu()).float().mean())
+    return {"rows": table, "skipped": skipped, "maps": maps, "pixels": pixels, "target": target.cpu(),
+            "images": len(pixels), "steps": steps, "seed": seed, "accuracy_on_images": correct}
+
+
+FAITHFULNESS_COLUMNS = ("method", "deletion_auc", "insertion_auc", "spearman_head_randomised",
+                        "spearman_all_randomised", "seconds_per_image")
+
+
+def faithfulness_markdown(result: dict) -> str:
+    """The table: method x metric, AUCs as mean +- standard error over the images."""
+    header = ["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
+              "rank corr., head re-initialised", "rank corr., all layers re-initialised", "s / image"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in result["rows"]:
+        lines.append(f"| {row['method']} | {row['deletion_auc']:.3f} ± {row['deletion_auc_sem']:.3f} | "
+                     f"{row['insertion_auc']:.3f} ± {row['insertion_auc_sem']:.3f} | "
+                     f"{row['spearman_head_randomised']:.2f} | {row['spearman_all_randomised']:.2f} | "
+                     f"{row['seconds_per_image']:.3f} |")
+    lines += [f"| {name} | n/a: {reason} | | | | |" for name, reason in result["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def faithfulness_overlays(result: dict, spec: InputSpec, label_names: list[str], path, columns: int = 8) -> None:
+    """One figure: a row per method, the same images in the columns, titled with the explained class."""
+    shown = to_rgb(result["pixels"][:columns], spec)
+    names = [label_names[int(c)] for c in result["target"][:columns]]
+    rows = {row: (heat[:columns], names) for row, heat in result["maps"].items()}
+    plot_heatmap_grid(shown, rows, path)

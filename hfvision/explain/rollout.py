@@ -25,12 +25,14 @@ def attention_rollout(model: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     if previous not in (None, "eager") and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")  # SDPA returns no weights
     try:
-        attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
+        attentions = getattr(model(pixel_values=pixel_values, output_attentions=True), "attentions", None)
     finally:
         if previous not in (None, "eager") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(previous)
     if not attentions:
         raise ValueError(f"{type(model).__name__} returns no attention weights; use Grad-CAM")
+    if attentions[0].shape[0] != pixel_values.shape[0]:  # Swin: one attention matrix per window
+        raise ValueError(f"{type(model).__name__} attends within windows; rollout needs global attention")
     tokens = attentions[0].shape[-1]
     eye = torch.eye(tokens, device=pixel_values.device)
     rollout = eye.expand(pixel_values.shape[0], tokens, tokens)
