@@ -1,6 +1,6 @@
 """Speed of hfvision beside the usual way, and the size and speed of model families: one job of benchmarks/ each.
 
-    python scripts/benchmark.py                  # the four comparisons below, in one process (~15 min on 2 CPU cores)
+    python scripts/benchmark.py                  # the four comparisons, in one process (~15 min on 2 CPU cores)
     python scripts/benchmark.py --train-step --input-pipeline        # just these
     python scripts/benchmark.py --families [--recipe recipes/vit_scratch_cifar10.yaml --batch-size 128]
     python scripts/benchmark.py --tuning-modes --batch-size 8 --steps 2   # each tuning mode on a ViT-B/32 shape
