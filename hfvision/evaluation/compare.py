@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hfvision.errors import HfvisionError
@@ -50,9 +51,11 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+def markdown_table(rows: list[dict], columns: Sequence[str] = COLUMNS, cell: Callable[[object], str] = _cell) -> str:
+    """A Markdown table of ``rows`` (dicts keyed by column), each value written by ``cell``; by default the run
+    comparison's columns and number formats."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
