@@ -162,6 +162,9 @@ def test_vit_explanations_find_the_shape(trained_vit):
     assert accuracy > 0.9 and gradcam >= 0.8
     rollout, _ = known_answer(trained_vit, "rollout")
     assert rollout >= 0.8
+    for method in ("scorecam", "occlusion"):  # the perturbation methods, on the same known answer
+        found, _ = known_answer(trained_vit, method)
+        assert found >= 0.8, (method, found)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import ImageSplit
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
+from hfvision.evaluation.compare import markdown_table
 from hfvision.explain.faithfulness import (
     RANDOMISATION_STAGES,
     deletion_insertion,
@@ -191,22 +192,19 @@ def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: t
             "images": len(pixels), "steps": steps, "seed": seed, "accuracy_on_images": correct}
 
 
-FAITHFULNESS_COLUMNS = ("method", "deletion_auc", "insertion_auc", "spearman_head_randomised",
-                        "spearman_all_randomised", "seconds_per_image")
+FAITHFULNESS_COLUMNS = ("method", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
+                        "rank corr., head re-initialised", "rank corr., all layers re-initialised", "s / image")
 
 
 def faithfulness_markdown(result: dict) -> str:
     """The table: method x metric, AUCs as mean +- standard error over the images."""
-    header = ["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
-              "rank corr., head re-initialised", "rank corr., all layers re-initialised", "s / image"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in result["rows"]:
-        lines.append(f"| {row['method']} | {row['deletion_auc']:.3f} ± {row['deletion_auc_sem']:.3f} | "
-                     f"{row['insertion_auc']:.3f} ± {row['insertion_auc_sem']:.3f} | "
-                     f"{row['spearman_head_randomised']:.2f} | {row['spearman_all_randomised']:.2f} | "
-                     f"{row['seconds_per_image']:.3f} |")
-    lines += [f"| {name} | n/a: {reason} | | | | |" for name, reason in result["skipped"].items()]
-    return "\n".join(lines) + "\n"
+    rows = [dict(zip(FAITHFULNESS_COLUMNS, (
+        row["method"], f"{row['deletion_auc']:.3f} ± {row['deletion_auc_sem']:.3f}",
+        f"{row['insertion_auc']:.3f} ± {row['insertion_auc_sem']:.3f}", f"{row['spearman_head_randomised']:.2f}",
+        f"{row['spearman_all_randomised']:.2f}", f"{row['seconds_per_image']:.3f}"))) for row in result["rows"]]
+    rows += [dict.fromkeys(FAITHFULNESS_COLUMNS, "") | {"method": name, FAITHFULNESS_COLUMNS[1]: f"n/a: {reason}"}
+             for name, reason in result["skipped"].items()]
+    return markdown_table(rows, FAITHFULNESS_COLUMNS, cell=str)
 
 
 def faithfulness_overlays(result: dict, spec: InputSpec, label_names: list[str], path, columns: int = 8) -> None:
