@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli_in_process
+from conftest import REPO, run_cli_in_process
 from test_explain import NORM, family_models
 from torch import nn
 
@@ -112,9 +112,23 @@ def test_randomisation_check_tells_class_agnostic_from_model_dependent_maps():
     np.testing.assert_allclose(rank_correlation(a, torch.zeros(2, 8, 8)), 0.0)
 
 
-@pytest.mark.parametrize("family", list(family_models()))
+def tiny_timm_vit():
+    """A tiny timm ViT in transformers' TimmWrapper layout (the real ViT-Ti's timm layout, shrunk)."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    return TimmWrapperForImageClassification(TimmWrapperConfig(
+        architecture="vit_tiny_patch16_224", num_labels=4,
+        model_args={"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})).eval()
+
+
+def every_family():
+    return {**family_models(), "timm_vit": tiny_timm_vit()}
+
+
+@pytest.mark.parametrize("family", list(every_family()))
 def test_scorecam_and_occlusion_on_every_family(family):
-    model = family_models()[family].eval()
+    model = every_family()[family].eval()
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for explainer in (ScoreCam(model, batch_size=16), OcclusionMap(model, batch_size=32)):
         heat, target = explainer(pixels)
@@ -206,3 +220,25 @@ def test_every_row_of_the_table_is_a_method_or_the_baseline():
     from hfvision.explain.api import METHODS
 
     assert {method for method, _ in FAITHFULNESS_ROWS.values()} == set(METHODS) | {"random"}
+
+
+def test_rollout_reads_a_timm_vits_attention():
+    model = tiny_timm_vit()
+    fused = [block.attn.fused_attn for block in model.timm_model.blocks]
+    maps = explain_pixels(model, torch.randn(2, 3, 32, 32), "rollout")[0]
+    assert maps.shape == (2, 32, 32) and maps.min() == 0 and maps.max() == pytest.approx(1.0)
+    assert [block.attn.fused_attn for block in model.timm_model.blocks] == fused  # put back as it was
+
+
+SHARED_MODELS = REPO.parent / "shared" / "models"
+
+
+@pytest.mark.skipif(not (SHARED_MODELS / "timm-vit_tiny_patch16_224").is_dir(), reason="../shared/models absent")
+@pytest.mark.parametrize("method", ["gradcam", "rollout"])
+def test_the_real_vit_tinys_two_layouts_give_the_same_maps(method):
+    from hfvision.models.factory import load_model_for_inference
+
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    maps = [explain_pixels(load_model_for_inference(str(SHARED_MODELS / name)).model, pixels, method)[0]
+            for name in ("vit-tiny-patch16-224", "timm-vit_tiny_patch16_224")]
+    torch.testing.assert_close(maps[0], maps[1], atol=2e-3, rtol=0)
