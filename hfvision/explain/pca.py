@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from hfvision.models.tuning import find_classifier  # noqa: E402
+from hfvision.models.module_tree import find_classifier  # noqa: E402
 
 
 @torch.no_grad()
