@@ -52,6 +52,47 @@ def test_imports_go_down_the_layers_only():
     assert not broken, "\n".join(broken)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each hfvision module -> the hfvision modules it imports, at module level or inside a function."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hfvision":
+                # ``from hfvision.models import tuning`` imports the module hfvision.models.tuning
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(paths)
+                graph[name] |= submodules or {node.module}
+            elif isinstance(node, ast.Import):
+                graph[name] |= {alias.name for alias in node.names if alias.name.split(".")[0] == "hfvision"}
+    return graph
+
+
+def test_no_import_circle():
+    """No module reaches itself through imports, within a package or across: a function-local import that would
+    close a circle is a circle too (import order hides it; it does not remove it)."""
+    graph = import_graph()
+    done, path = set(), []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            circle = visit(imported)
+            if circle:
+                return circle
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        circle = visit(module)
+        assert circle is None, "import circle: " + " -> ".join(circle)
+
+
 def test_the_named_rules_hold():
     """The rules ARCHITECTURE.md states by name: data and models are independent, training trains."""
     forbidden = {"data": ("models", "training", "evaluation", "explain", "hub", "pipeline"),
