@@ -142,15 +142,6 @@ class HeadOnFeatures(nn.Module):
         self.model.save_pretrained(path, **kwargs)
 
 
-class PassThrough:
-    """The per-batch preprocessing of cached features: none (they were preprocessed before the frozen part)."""
-
-    mixes_labels = False
-
-    def __call__(self, features: torch.Tensor, labels: torch.Tensor, train: bool, generator=None):
-        return features, labels
-
-
 # ----------------------------------------------------------------------------------------------
 # Fingerprint
 
