@@ -4,8 +4,7 @@ training, one line and 128 + the signal number; Ctrl-C, one line and 130; freed 
 reuse (``reuse_freed_memory``).
 
 Each subcommand is a module of ``hfvision.commands`` (``add_arguments``, ``run``), imported only when used.
-``scripts/*.py`` run the same subcommands (``scripts/finetune.py`` is ``hfvision train``, the path documented for
-``accelerate launch``). The Gradio demo stays ``python app.py`` (the file a Space runs) and the speed benchmarks
+``scripts/finetune.py`` is ``hfvision train``, the path documented for ``accelerate launch``. The Gradio demo stays ``python app.py`` (the file a Space runs) and the speed benchmarks
 ``python scripts/benchmark.py`` (they compare against code outside the library).
 """
 

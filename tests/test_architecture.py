@@ -105,14 +105,14 @@ def test_the_named_rules_hold():
                 assert part_of(imported) not in banned, f"{module_name(path)} imports {imported}"
 
 
-def test_each_script_is_a_shim_over_one_hfvision_subcommand():
-    """Tests run the subcommands in process (``run_cli_in_process``); this is what makes that the scripts' path:
-    each ``scripts/*.py`` but the benchmark is a docstring, two imports and ``run_command(<its subcommand>,
-    sys.argv[1:])`` under ``__main__``, nothing else."""
+def test_the_one_script_is_a_shim_over_hfvision_train():
+    """One entry point per command: ``hfvision COMMAND`` (or ``python -m hfvision COMMAND``). The one script kept is
+    ``scripts/finetune.py``, the path ``accelerate launch`` takes: a docstring, two imports and
+    ``run_command("train", sys.argv[1:])`` under ``__main__``, nothing else, so tests that run ``hfvision train`` in
+    process (``run_cli_in_process``) run what it runs."""
     from hfvision.cli import COMMANDS
 
-    subcommand_of = {"finetune.py": "train", "explain.py": "explain", "pca.py": "pca", "sweep.py": "sweep",
-                     "report.py": "report", "push_to_hub.py": "push", "localization.py": "localization"}
+    subcommand_of = {"finetune.py": "train"}
     scripts = {path.name: path for path in (PACKAGE.parent / "scripts").glob("*.py")}
     assert set(scripts) - {"benchmark.py"} == set(subcommand_of)  # benchmark.py compares with code outside hfvision
     for name, subcommand in subcommand_of.items():
