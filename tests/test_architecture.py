@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hfvision"
 # Layer of each top-level part; a module may import only parts of a lower layer, or its own part.
 LAYERS = {
     "errors": 0,
-    "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1,
+    "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1, "process": 1,
     "data": 2, "models": 2,
     "training": 3, "evaluation": 3,
     "explain": 4, "hub": 4, "run_dir": 4, "export": 4,

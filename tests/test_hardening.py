@@ -225,7 +225,7 @@ def test_an_older_epoch_end_trainer_state_reads_with_fresh_values_for_new_keys(t
 
 MALLOC_PROBE = """
 import resource, sys, torch
-from hfvision.cli import reuse_freed_memory
+from hfvision.process import reuse_freed_memory
 
 def faults_per_batch(batches):
     faults = []
@@ -253,6 +253,6 @@ def test_commands_reuse_freed_batch_memory_instead_of_faulting_it_in_again():
         pytest.skip("batches are not faulted in page by page here (huge pages or large pages)")
     assert int(reused_faults) * 100 <= int(default_faults)  # 4 KiB pages: 18,816 faults per batch before, 0 after
     # a user's own malloc settings are left alone
-    left_alone = subprocess.run([sys.executable, "-c", "from hfvision.cli import reuse_freed_memory as r; print(r())"],
+    left_alone = subprocess.run([sys.executable, "-c", "from hfvision.process import reuse_freed_memory as r; print(r())"],
                                 env={**env, "MALLOC_ARENA_MAX": "2"}, capture_output=True, text=True, check=True)
     assert left_alone.stdout.strip() == "False"
