@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from hfvision.errors import HfvisionError
+from hfvision.errors import HfvisionError, RunInterrupted
 from hfvision.process import reuse_freed_memory
 
 COMMANDS = {
@@ -63,8 +63,6 @@ def run_cli(main: callable, argv: list[str]) -> None:
     from datasets.utils.logging import disable_progress_bar as disable_datasets_progress_bar
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
-
-    from hfvision.training.trainer import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     reuse_freed_memory()

@@ -144,6 +144,7 @@ def test_sigterm_writes_a_checkpoint_exits_with_one_line_and_resumes_exactly(tmp
 
 def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeypatch):
     """The same mechanism without a subprocess: the signal arrives during step 3; the run stops after it."""
+    from hfvision.errors import RunInterrupted
     from hfvision.training import trainer
 
     original = trainer.StepCheckpoints.after_step
@@ -155,7 +156,7 @@ def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer.StepCheckpoints, "after_step", signal_at_step_3)
     recipe = load_recipe(QUICKSTART, tiny_recipe_overrides(tmp_path / "run", **{"train.epochs": 2}))
-    with pytest.raises(trainer.RunInterrupted) as stopped:
+    with pytest.raises(RunInterrupted) as stopped:
         fit(recipe)
     assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert "stopped by SIGUSR1 at epoch 1, step 3" in str(stopped.value)
