@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from hfvision.cli import reuse_freed_memory
+from hfvision.process import reuse_freed_memory
 from hfvision.evaluation.environment import environment
 from hfvision.fileio import write_json_atomic
 
@@ -23,7 +23,7 @@ def device_and_environment() -> tuple[torch.device, dict]:
     torch.manual_seed(0)
     env = environment()
     # run_cli made this call already, as for every hfvision command; it returns the same answer again.
-    env["malloc"] = ("freed large blocks kept for reuse (hfvision.cli.reuse_freed_memory), as in hfvision's commands"
+    env["malloc"] = ("freed large blocks kept for reuse (hfvision.process.reuse_freed_memory), as in hfvision's commands"
                      if reuse_freed_memory() else "the C library's defaults or the environment's settings")
     return device, env
 

@@ -1,25 +1,24 @@
 """The ``hfvision`` command: ``hfvision SUBCOMMAND ...`` (also ``python -m hfvision``), and the shared
 entry-point behaviour: a user error becomes one line on stderr and exit status 2; a stop signal during
-training, one line and 128 + the signal number; Ctrl-C, one line and 130; freed large blocks of memory kept for
-reuse (``reuse_freed_memory``).
+training, one line and 128 + the signal number; Ctrl-C, one line and 130; quiet progress bars; and the process
+setup of ``hfvision.process`` (freed large blocks of memory kept for reuse).
 
 Each subcommand is a module of ``hfvision.commands`` (``add_arguments``, ``run``), imported only when used.
-``scripts/*.py`` run the same subcommands (``scripts/finetune.py`` is ``hfvision train``, the path documented for
-``accelerate launch``). The Gradio demo stays ``python app.py`` (the file a Space runs) and the speed benchmarks
-``python scripts/benchmark.py`` (they compare against code outside the library).
+``scripts/finetune.py`` is ``hfvision train``, the path documented for ``accelerate launch``. The Gradio demo
+stays ``python app.py`` (the file a Space runs) and the speed benchmarks ``python scripts/benchmark.py`` (they
+compare against code outside the library).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import logging
 import os
-import platform
 import sys
 
-from hfvision.errors import HfvisionError
+from hfvision.errors import HfvisionError, RunInterrupted
+from hfvision.process import reuse_freed_memory
 
 COMMANDS = {
     "train": "train (fine-tune or from scratch) and evaluate a model from a recipe",
@@ -61,38 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     run_command(argv[0], argv[1:])
 
 
-def reuse_freed_memory() -> bool:
-    """Have glibc's malloc keep freed large blocks for reuse by this process instead of handing them back to the
-    kernel; return whether it changed anything.
-
-    By default glibc serves each block above 32 MiB with a fresh ``mmap`` and unmaps it when freed, so every CPU
-    training batch at 224 px (77 MB of input for 128 images, and the model's activations) is faulted in page by
-    page again: 18,816 page faults per input batch, more time than resizing it (``benchmarks/input_pipeline_cpu.md``).
-    Raising the mmap and trim thresholds to 1 GiB keeps such blocks in the heap, as the jemalloc/tcmalloc that
-    PyTorch's CPU tuning guide preloads do; the process holds on to its peak memory. Only on Linux with glibc, and
-    not when the environment already configures malloc (``MALLOC_*`` variables, ``GLIBC_TUNABLES``, ``LD_PRELOAD``).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if ("GLIBC_TUNABLES" in os.environ or "LD_PRELOAD" in os.environ  # a preloaded jemalloc/tcmalloc, or own settings
-            or any(name.startswith("MALLOC_") for name in os.environ)):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    try:
-        libc = ctypes.CDLL(None)  # the C library this process already uses
-        mmap_set = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # older glibc refuses more than 32 MiB: returns 0
-        trim_set = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
-        return False
-    return bool(mmap_set and trim_set)
-
-
 def run_cli(main: callable, argv: list[str]) -> None:
     from datasets.utils.logging import disable_progress_bar as disable_datasets_progress_bar
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
-
-    from hfvision.training.trainer import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     reuse_freed_memory()

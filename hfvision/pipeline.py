@@ -34,8 +34,8 @@ from hfvision.explain.api import per_class_grid
 from hfvision.fileio import atomic_directory
 from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import BuiltModel, build_model, load_model_for_inference, resolve_input_spec
+from hfvision.models.module_tree import count_parameters
 from hfvision.models.outputs import channels_last_logits, logits_of
-from hfvision.models.tuning import count_parameters
 from hfvision.recipe import Recipe
 from hfvision.run_dir import claim_run_dir
 from hfvision.spec import InputSpec

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Square input ``image_size``, per-channel ``mean``/``std`` on [0, 1] pixels, ``crop_pct`` (the resize
-    policy) and ``decode_size``: the largest edge an image is kept at once decoded.
+    """Square input ``image_size``, per-channel ``mean``/``std`` on [0, 1] pixels and ``crop_pct`` (the resize
+    policy).
 
     ``crop_pct`` None squashes an image to the square; a number keeps the central square whose side is that
     fraction of the shorter side (timm's eval transform: the shorter side resized to ``image_size / crop_pct``,
-    then a centre crop of ``image_size``), taken at decode time. Then an image larger than ``decode_size`` is
-    reduced to it, so memory per image is bounded by the input size; a smaller one keeps its size (CIFAR stays
-    32 px) and each batch is resized to ``image_size`` on the device."""
+    then a centre crop of ``image_size``), taken at decode time. Then an image larger than the input size is
+    reduced to it (``decode_size``), so memory per image is bounded by the input size; a smaller one keeps its
+    size (CIFAR stays 32 px) and each batch is resized to ``image_size`` on the device."""
 
     image_size: int
     mean: tuple[float, float, float]
@@ -35,6 +35,7 @@ class InputSpec:
 
     @property
     def decode_size(self) -> int:
+        """The largest edge a decoded image is kept at: ``image_size`` itself, not a choice of its own."""
         return self.image_size
 
 

@@ -103,9 +103,9 @@ def script_command(name, *args, nproc=None) -> list[str]:
 
 
 def run_cli_in_process(capsys, *argv) -> tuple[int, str, str]:
-    """``hfvision ARGV`` in this process: (exit status, stdout, stderr). The scripts are shims over these
-    subcommands; tests run them here to spare a new interpreter's imports (about 12 s on these cores) and keep one
-    subprocess per behaviour that needs the real script. One torch thread, as in the subprocesses."""
+    """``hfvision ARGV`` in this process: (exit status, stdout, stderr). Tests run the subcommands here (as
+    ``scripts/finetune.py`` runs ``hfvision train``) to spare a new interpreter's imports (about 12 s on these
+    cores) and keep one subprocess per behaviour that needs a real process. One torch thread, as in the subprocesses."""
     from hfvision.cli import main
 
     capsys.readouterr()

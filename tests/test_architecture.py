@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hfvision"
 # Layer of each top-level part; a module may import only parts of a lower layer, or its own part.
 LAYERS = {
     "errors": 0,
-    "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1,
+    "recipe": 1, "spec": 1, "fileio": 1, "accelerator": 1, "process": 1,
     "data": 2, "models": 2,
     "training": 3, "evaluation": 3,
     "explain": 4, "hub": 4, "run_dir": 4, "export": 4,
@@ -52,6 +52,47 @@ def test_imports_go_down_the_layers_only():
     assert not broken, "\n".join(broken)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each hfvision module -> the hfvision modules it imports, at module level or inside a function."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hfvision":
+                # ``from hfvision.models import tuning`` imports the module hfvision.models.tuning
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(paths)
+                graph[name] |= submodules or {node.module}
+            elif isinstance(node, ast.Import):
+                graph[name] |= {alias.name for alias in node.names if alias.name.split(".")[0] == "hfvision"}
+    return graph
+
+
+def test_no_import_circle():
+    """No module reaches itself through imports, within a package or across: a function-local import that would
+    close a circle is a circle too (import order hides it; it does not remove it)."""
+    graph = import_graph()
+    done, path = set(), []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            circle = visit(imported)
+            if circle:
+                return circle
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        circle = visit(module)
+        assert circle is None, "import circle: " + " -> ".join(circle)
+
+
 def test_the_named_rules_hold():
     """The rules ARCHITECTURE.md states by name: data and models are independent, training trains."""
     forbidden = {"data": ("models", "training", "evaluation", "explain", "hub", "pipeline"),
@@ -64,14 +105,14 @@ def test_the_named_rules_hold():
                 assert part_of(imported) not in banned, f"{module_name(path)} imports {imported}"
 
 
-def test_each_script_is_a_shim_over_one_hfvision_subcommand():
-    """Tests run the subcommands in process (``run_cli_in_process``); this is what makes that the scripts' path:
-    each ``scripts/*.py`` but the benchmark is a docstring, two imports and ``run_command(<its subcommand>,
-    sys.argv[1:])`` under ``__main__``, nothing else."""
+def test_the_one_script_is_a_shim_over_hfvision_train():
+    """One entry point per command: ``hfvision COMMAND`` (or ``python -m hfvision COMMAND``). The one script kept is
+    ``scripts/finetune.py``, the path ``accelerate launch`` takes: a docstring, two imports and
+    ``run_command("train", sys.argv[1:])`` under ``__main__``, nothing else, so tests that run ``hfvision train`` in
+    process (``run_cli_in_process``) run what it runs."""
     from hfvision.cli import COMMANDS
 
-    subcommand_of = {"finetune.py": "train", "explain.py": "explain", "pca.py": "pca", "sweep.py": "sweep",
-                     "report.py": "report", "push_to_hub.py": "push", "localization.py": "localization"}
+    subcommand_of = {"finetune.py": "train"}
     scripts = {path.name: path for path in (PACKAGE.parent / "scripts").glob("*.py")}
     assert set(scripts) - {"benchmark.py"} == set(subcommand_of)  # benchmark.py compares with code outside hfvision
     for name, subcommand in subcommand_of.items():

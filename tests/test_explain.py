@@ -180,7 +180,7 @@ def test_explain_and_pca_scripts_write_readable_pngs(trained_vit, tmp_path, caps
         ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(d)
     image = tmp_path / "rgba.png"
     Image.fromarray(np.dstack([make_images(1, seed=5)[0][0], np.full((32, 32), 255, np.uint8)]), "RGBA").save(image)
-    script = subprocess.run([sys.executable, str(REPO / "scripts" / "explain.py"), "--model", str(vit_dir), "--image",
+    script = subprocess.run([sys.executable, "-m", "hfvision", "explain", "--model", str(vit_dir), "--image",
                              str(image), "--out", str(tmp_path / "one.png")], capture_output=True, text=True, cwd=REPO,
                             timeout=300)
     assert script.returncode == 0, script.stderr[-2000:]

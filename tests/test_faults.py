@@ -346,7 +346,7 @@ def test_model_dirs_refused_for_safety_say_so_in_one_line(tmp_path, capsys, tiny
 
 
 def test_under_several_processes_only_the_first_says_the_stop_line(capsys, monkeypatch):
-    from hfvision.training.trainer import RunInterrupted
+    from hfvision.errors import RunInterrupted
 
     def stopped(argv):
         raise RunInterrupted("stopped by SIGTERM at epoch 1, step 3: ...", 143)

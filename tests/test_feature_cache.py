@@ -12,7 +12,8 @@ from hfvision.data.sources import decode_splits, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import RecipeError
 from hfvision.models.factory import build_model, resolve_input_spec
-from hfvision.models.tuning import find_classifier, set_train_mode
+from hfvision.models.module_tree import find_classifier
+from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import AugmentRecipe, DataRecipe, ModelRecipe, load_recipe
 from hfvision.spec import InputSpec
 from hfvision.training.feature_cache import (

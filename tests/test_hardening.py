@@ -144,6 +144,7 @@ def test_sigterm_writes_a_checkpoint_exits_with_one_line_and_resumes_exactly(tmp
 
 def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeypatch):
     """The same mechanism without a subprocess: the signal arrives during step 3; the run stops after it."""
+    from hfvision.errors import RunInterrupted
     from hfvision.training import trainer
 
     original = trainer.StepCheckpoints.after_step
@@ -155,7 +156,7 @@ def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer.StepCheckpoints, "after_step", signal_at_step_3)
     recipe = load_recipe(QUICKSTART, tiny_recipe_overrides(tmp_path / "run", **{"train.epochs": 2}))
-    with pytest.raises(trainer.RunInterrupted) as stopped:
+    with pytest.raises(RunInterrupted) as stopped:
         fit(recipe)
     assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert "stopped by SIGUSR1 at epoch 1, step 3" in str(stopped.value)
@@ -225,7 +226,7 @@ def test_an_older_epoch_end_trainer_state_reads_with_fresh_values_for_new_keys(t
 
 MALLOC_PROBE = """
 import resource, sys, torch
-from hfvision.cli import reuse_freed_memory
+from hfvision.process import reuse_freed_memory
 
 def faults_per_batch(batches):
     faults = []
@@ -253,6 +254,6 @@ def test_commands_reuse_freed_batch_memory_instead_of_faulting_it_in_again():
         pytest.skip("batches are not faulted in page by page here (huge pages or large pages)")
     assert int(reused_faults) * 100 <= int(default_faults)  # 4 KiB pages: 18,816 faults per batch before, 0 after
     # a user's own malloc settings are left alone
-    left_alone = subprocess.run([sys.executable, "-c", "from hfvision.cli import reuse_freed_memory as r; print(r())"],
+    left_alone = subprocess.run([sys.executable, "-c", "from hfvision.process import reuse_freed_memory as r; print(r())"],
                                 env={**env, "MALLOC_ARENA_MAX": "2"}, capture_output=True, text=True, check=True)
     assert left_alone.stdout.strip() == "False"

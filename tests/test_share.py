@@ -111,7 +111,7 @@ def test_push_without_network_is_one_line_and_keeps_the_run(run_dir):
         push_to_hub(run_dir, "someone/x")  # HF_HUB_OFFLINE=1: the real client refuses at once
     assert "could not push to 'someone/x'" in str(info.value) and "\n" not in str(info.value)
     assert digest(run_dir / "best") == before
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "push_to_hub.py"), "--run", str(run_dir),
+    result = subprocess.run([sys.executable, "-m", "hfvision", "push", "--run", str(run_dir),
                              "--repo-id", "someone/x"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: hub.repo_id: could not push")
 

@@ -54,7 +54,7 @@ def test_two_by_two_sweep_makes_four_runs_one_table_and_skips_finished(tmp_path)
     assert len(table) == 6 and all(f"| {n} |" in line for n, line in zip(names, table[2:]))
     assert (sweep_dir / "comparison.csv").is_file() and (sweep_dir / "comparison_curves.png").is_file()
     # a second run skips the finished runs, via the CLI
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), str(REPO / "recipes" / "quickstart.yaml"),
+    result = subprocess.run([sys.executable, "-m", "hfvision", "sweep", str(REPO / "recipes" / "quickstart.yaml"),
                              *overrides, "--grid", grid[0], "--grid", grid[1], "--name-template",
                              "w{hidden_size}_l{num_hidden_layers}"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -62,7 +62,7 @@ def test_two_by_two_sweep_makes_four_runs_one_table_and_skips_finished(tmp_path)
 
 
 def load_sweep_script():
-    """The sweep command as ``scripts/sweep.py`` runs it, minus run_cli's printing of errors."""
+    """The sweep command as ``hfvision sweep`` runs it, minus run_cli's printing of errors."""
     from types import SimpleNamespace
 
     from hfvision.commands import sweep

@@ -1,2 +1,2 @@
 """The ``hfvision`` command's subcommands, one module each: ``add_arguments(parser)`` and ``run(args)``.
-``scripts/*.py`` and ``python -m hfvision`` call the same functions through ``hfvision.cli``."""
+``python -m hfvision`` and ``scripts/finetune.py`` (``train``) call the same functions through ``hfvision.cli``."""

@@ -102,12 +102,6 @@ class BatchPreprocessor:
             mixers.append(v2.CutMix(alpha=self.augment.cutmix_alpha, num_classes=num_classes))
         self.mixer = v2.RandomChoice(mixers) if mixers else None
 
-    @property
-    def is_random(self) -> bool:
-        """Whether training batches differ from epoch to epoch (any augmentation or mixing is on)."""
-        a = self.augment
-        return bool(a.random_crop_padding or a.horizontal_flip or self.auto_augment is not None or self.mixer)
-
     def resize_and_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, h, w) -> float (B, 3, size, size), resized to the spec's size and normalised.
 

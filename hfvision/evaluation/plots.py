@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_curves(histories: dict[str, list[dict]], path) -> None:
     """Loss and accuracy per epoch, train (dashed) and validation (solid); one colour per run."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for index, (name, history) in enumerate(histories.items()):
         colour = f"C{index}"
         epochs = [h["epoch"] for h in history]
@@ -27,14 +25,14 @@ def plot_curves(histories: dict[str, list[dict]], path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_accuracy_vs_compute(runs: dict[str, dict], path) -> None:
     """Validation accuracy against training minutes (left) and training PFLOPs (right), one line per run, with
     the test accuracy of the kept model as a star at the run's end. ``runs[name] = {"history": [...],
     "test_accuracy": float}``; history records need ``elapsed_seconds`` (and ``train_flops`` for the right)."""
-    fig, (time_ax, flops_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    time_ax, flops_ax = fig.subplots(1, 2)
     for index, (name, run) in enumerate(runs.items()):
         history, colour = run["history"], f"C{index}"
         accuracy = [h["val_accuracy"] for h in history]
@@ -52,7 +50,6 @@ def plot_accuracy_vs_compute(runs: dict[str, dict], path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_confusion_matrix(matrix, label_names: list[str], path) -> None:
@@ -61,7 +58,8 @@ def plot_confusion_matrix(matrix, label_names: list[str], path) -> None:
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     size = max(5.0, 0.45 * len(label_names) + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    fig = Figure(figsize=(2 * size + 1, size))
+    axes = fig.subplots(1, 2)
     annotate = len(label_names) <= 20
     for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
         image = ax.imshow(values, cmap="Blues")
@@ -80,4 +78,3 @@ def plot_confusion_matrix(matrix, label_names: list[str], path) -> None:
                             color="white" if values[i, j] > threshold else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from hfvision.models.outputs import logits_of
-from hfvision.models.tuning import count_parameters
+from hfvision.models.module_tree import count_parameters
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from hfvision.data.images import UnreadableImage, load_pixels
 from hfvision.data.sources import ImageSplit
+from hfvision.data.synthetic import make_images
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.evaluation.compare import markdown_table
@@ -90,8 +91,6 @@ def synthetic_localization(model, spec: InputSpec, method: str = "gradcam", coun
                            constant_norm_scale: bool = True) -> dict:
     """The known-answer check on fresh synthetic images: for correctly classified ones, how often the heat map
     peaks inside the shape's bounding box."""
-    from hfvision.data.synthetic import make_images
-
     images, labels, boxes = make_images(count, spec.image_size, seed=1)
     heat, predicted, _ = heatmaps(model, spec, torch.from_numpy(images).permute(0, 3, 1, 2), method,
                                   constant_norm_scale=constant_norm_scale)

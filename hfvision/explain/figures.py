@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from hfvision.data.transforms import denormalize  # noqa: E402
-from hfvision.spec import InputSpec  # noqa: E402
+from hfvision.data.transforms import denormalize
+from hfvision.spec import InputSpec
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB [0, 1] image (H, W, 3) blended with the jet-coloured heat map (H, W) in [0, 1]."""
-    coloured = plt.get_cmap("jet")(heat)[..., :3]
+    coloured = matplotlib.colormaps["jet"](heat)[..., :3]
     return (1 - alpha) * image + alpha * coloured
 
 
@@ -32,7 +30,8 @@ def plot_heatmap_grid(images: np.ndarray, rows: dict[str, tuple[np.ndarray, list
     """
     count = images.shape[0]
     row_count = len(rows) + int(show_input)
-    fig, axes = plt.subplots(row_count, count, figsize=(1.9 * count + 1.2, 2.1 * row_count), squeeze=False)
+    fig = Figure(figsize=(1.9 * count + 1.2, 2.1 * row_count))
+    axes = fig.subplots(row_count, count, squeeze=False)
     mappable = None
     row = 0
     if show_input:
@@ -54,4 +53,3 @@ def plot_heatmap_grid(images: np.ndarray, rows: dict[str, tuple[np.ndarray, list
     if mappable is not None:
         fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="relevance")
     fig.savefig(path, dpi=110)
-    plt.close(fig)

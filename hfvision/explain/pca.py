@@ -7,14 +7,12 @@ thing for every family (CLS token or mean of patch tokens for ViTs, pooled map f
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-
-from hfvision.models.tuning import find_classifier  # noqa: E402
+from hfvision.models.module_tree import find_classifier
 
 
 @torch.no_grad()
@@ -39,8 +37,9 @@ def project(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 def plot_pca(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], label_names: list[str], path) -> None:
     """One scatter per model: ``panels[name] = (coords (N, 2), labels (N,), explained variance (2,))``."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 5), squeeze=False)
-    cmap = plt.get_cmap("tab10" if len(label_names) <= 10 else "tab20")
+    fig = Figure(figsize=(5.5 * len(panels) + 1.5, 5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    cmap = matplotlib.colormaps["tab10" if len(label_names) <= 10 else "tab20"]
     for ax, (name, (coords, labels, variance)) in zip(axes[0], panels.items()):
         for index, label in enumerate(label_names):
             chosen = labels == index
@@ -51,4 +50,3 @@ def plot_pca(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], label
     axes[0, -1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

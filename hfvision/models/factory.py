@@ -28,10 +28,10 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-import hfvision  # noqa: F401  (registers the scratch families with the Auto classes)
 from hfvision.errors import HfvisionError, RecipeError
 from hfvision.models.families import BUILT_IN, BUILT_IN_MEAN, BUILT_IN_STD
-from hfvision.models.tuning import apply_tuning, find_classifier
+from hfvision.models.module_tree import find_classifier
+from hfvision.models.tuning import apply_tuning
 from hfvision.recipe import DataRecipe, ModelRecipe
 from hfvision.spec import InputSpec, input_spec
 

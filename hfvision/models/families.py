@@ -29,7 +29,7 @@ from transformers import SwinConfig, SwinForImageClassification
 
 from hfvision.models.resnet_cifar import ResNetCifarConfig, ResNetCifarForImageClassification
 from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
-from hfvision.models.tuning import NORM_TYPES, find_stages
+from hfvision.models.module_tree import NORM_TYPES, find_stages
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,15 @@ pretrained weight ``W`` and learns ``W + (alpha / r) * B @ A`` with ``A`` (r x i
 start). The target modules per family come from ``hfvision.models.families``; the classifier, new for the
 dataset's labels, is a peft ``modules_to_save`` module (a trained copy beside the frozen original).
 
-What a run saves is the merged model (``merge_and_unload`` of a copy, so training goes on with its adapters):
-a plain transformers model that loads with ``from_pretrained`` and ``pipeline("image-classification")``
-without peft, with the adapter in ``adapter/`` beside it for ``PeftModel.from_pretrained(base, dir/adapter)``.
+What a run saves (``hfvision.models.saving``) is the merged model (``merge_and_unload`` of a copy, so training
+goes on with its adapters): a plain transformers model that loads with ``from_pretrained`` and
+``pipeline("image-classification")`` without peft, with the adapter in ``adapter/`` beside it for
+``PeftModel.from_pretrained(base, dir/adapter)``.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
@@ -58,11 +58,3 @@ def merged_copy(model: PeftModel) -> nn.Module:
     """A plain transformers model with the adapters folded into the weights; ``model`` is left as it was."""
     return copy.deepcopy(model).merge_and_unload()
 
-
-def save_model(model: nn.Module, directory: str | Path) -> None:
-    """``save_pretrained`` of a plain model; for a LoRA model the merged copy, plus the adapter in ``adapter/``."""
-    if not isinstance(model, PeftModel):
-        model.save_pretrained(directory)
-        return
-    merged_copy(model).save_pretrained(directory)
-    model.save_pretrained(Path(directory) / ADAPTER_DIR)

@@ -26,7 +26,7 @@ that a model dir loads with ``trust_remote_code=True`` where hfvision is not ins
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ class ScratchViTConfig(PretrainedConfig):
         self.ffn_type = ffn_type
         self.position_embedding = position_embedding
         if cls_position_embedding is None:
-            cls_position_embedding = position_embedding in cls_position_schemes()
+            cls_position_embedding = position_embedding in CLS_POSITION_SCHEMES
         self.cls_position_embedding = cls_position_embedding
         self.num_registers = num_registers
         self.pooling = pooling
@@ -136,9 +136,9 @@ class ScratchViTConfig(PretrainedConfig):
         if self.patch_embedding == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"ScratchViTConfig: conv patch_embedding needs a patch_size that is a power of 2 "
                              f"(one stride-2 convolution per halving), got {self.patch_size}")
-        if self.cls_position_embedding and self.position_embedding not in cls_position_schemes():
+        if self.cls_position_embedding and self.position_embedding not in CLS_POSITION_SCHEMES:
             raise ValueError(f"ScratchViTConfig: cls_position_embedding=true needs position_embedding in "
-                             f"{', '.join(cls_position_schemes())}, got '{self.position_embedding}'")
+                             f"{', '.join(CLS_POSITION_SCHEMES)}, got '{self.position_embedding}'")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -200,22 +200,18 @@ def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
 class NoPositions(nn.Module):
     """``none``: tokens carry no position code. Also the call shape that every scheme shares:
 
-    - ``scheme.add_to(patches (B, h*w, D), cls (B, 1, D), grid, learned_table)`` -> ``(patches, cls)`` with the absolute
-      position code added. ``learned_table`` is the model's ``position_table`` (None unless ``learned``): it stays
-      a parameter of the model so that saved files keep the transformers ViT name ``vit.position_table``.
+    - ``scheme.add_to(patches (B, h*w, D), cls (B, 1, D), grid, learned_table)`` -> ``(patches, cls)`` with the
+      absolute position code added. ``learned_table`` is the model's ``position_table`` (None unless ``learned``):
+      a parameter of the model, not of the scheme, so that it is saved as ``vit.position_table``, the name that
+      ScratchViT dirs have always used (transformers' ViT calls it ``vit.embeddings.position_embeddings``; see
+      ``vit_state_dict_from_transformers``).
     - ``scheme.rope_angles(grid)`` -> (h*w, head_dim/2) rotary angles for the patch queries and keys, or None.
 
-    Every scheme is built with the same keywords: the patch ``grid`` of the configured image size, the hidden size
-    ``dim``, the attention ``head_dim`` and ``cls_position`` (whether CLS gets a position code too).
+    Each scheme is built with what it uses (``POSITION_SCHEMES``).
     """
 
-    codes_cls = False  # whether the scheme has a natural code for CLS (cls_position_embedding may be true)
-
-    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
-        super().__init__()
-
     def add_to(self, patches: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int],
-                learned_table: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+               learned_table: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         return patches, cls
 
     def rope_angles(self, grid: tuple[int, int]) -> Optional[torch.Tensor]:
@@ -226,10 +222,8 @@ class LearnedPositions(NoPositions):
     """``learned``: the model's (1, [1 +] h*w, D) table (a CLS row first when ``cls_position``, the transformers ViT
     layout), resampled bicubically when the grid differs from the table's (at run time and by ``resize_image``)."""
 
-    codes_cls = True
-
-    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
-        super().__init__(grid=grid, dim=dim, head_dim=head_dim, cls_position=cls_position)
+    def __init__(self, *, cls_position: bool):
+        super().__init__()
         self.num_cls_rows = int(cls_position)
 
     def table_shape(self, grid: tuple[int, int], dim: int) -> tuple[int, int, int]:
@@ -253,13 +247,12 @@ class LearnedPositions(NoPositions):
 class FixedTablePositions(NoPositions):
     """A scheme whose code is a fixed function of the grid, ``compute(grid)`` (float64 maths, float32 result). Each
     grid's table is computed once and kept as a non-persistent buffer ``table_{h}x{w}``: it moves with
-    ``.to(device)`` and is not saved."""
+    ``.to(device)`` and is not saved. The configured grid's table is built with the model; another grid's (an
+    input of another size) on its first use."""
 
-    def __init__(self, *, grid: tuple[int, int], dim: int, head_dim: int, cls_position: bool):
-        super().__init__(grid=grid, dim=dim, head_dim=head_dim, cls_position=cls_position)
-        self.dim, self.head_dim, self.num_cls_rows = dim, head_dim, int(cls_position)
+    def __init__(self):
+        super().__init__()
         self.grids: dict[str, tuple[int, int]] = {}  # buffer name -> grid
-        self.table(grid)
 
     def compute(self, grid: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
@@ -284,7 +277,10 @@ class FixedTablePositions(NoPositions):
 class SinCos1DPositions(FixedTablePositions):
     """``sincos1d``: the 1D sin-cos table over the raster order of patches, index 0 for CLS when ``cls_position``."""
 
-    codes_cls = True
+    def __init__(self, *, grid: tuple[int, int], dim: int, cls_position: bool):
+        super().__init__()
+        self.dim, self.num_cls_rows = dim, int(cls_position)
+        self.table(grid)
 
     def compute(self, grid):
         return sincos_1d(self.num_cls_rows + grid[0] * grid[1], self.dim)
@@ -299,6 +295,11 @@ class SinCos1DPositions(FixedTablePositions):
 class SinCos2DPositions(FixedTablePositions):
     """``sincos2d``: the 2D sin-cos table of "Better plain ViT baselines" on patches; CLS has no code."""
 
+    def __init__(self, *, grid: tuple[int, int], dim: int):
+        super().__init__()
+        self.dim = dim
+        self.table(grid)
+
     def compute(self, grid):
         return sincos_2d(*grid, self.dim)
 
@@ -309,6 +310,11 @@ class SinCos2DPositions(FixedTablePositions):
 class RotaryPositions(FixedTablePositions):
     """``rope``: nothing is added to tokens; attention rotates patch queries and keys by these angles."""
 
+    def __init__(self, *, grid: tuple[int, int], head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.table(grid)
+
     def compute(self, grid):
         return rope_2d_angles(*grid, self.head_dim)
 
@@ -316,24 +322,23 @@ class RotaryPositions(FixedTablePositions):
         return self.table(grid)
 
 
-POSITION_SCHEMES: dict[str, type[NoPositions]] = {
-    "learned": LearnedPositions,
-    "sincos1d": SinCos1DPositions,
-    "sincos2d": SinCos2DPositions,
-    "rope": RotaryPositions,
-    "none": NoPositions,
+# name -> the scheme for a config and its patch grid, built with the arguments it uses
+POSITION_SCHEMES: dict[str, Callable[[ScratchViTConfig, tuple[int, int]], NoPositions]] = {
+    "learned": lambda config, grid: LearnedPositions(cls_position=config.cls_position_embedding),
+    "sincos1d": lambda config, grid: SinCos1DPositions(grid=grid, dim=config.hidden_size,
+                                                       cls_position=config.cls_position_embedding),
+    "sincos2d": lambda config, grid: SinCos2DPositions(grid=grid, dim=config.hidden_size),
+    "rope": lambda config, grid: RotaryPositions(grid=grid, head_dim=config.hidden_size // config.num_attention_heads),
+    "none": lambda config, grid: NoPositions(),
 }
+# The schemes with a natural code for the CLS token: a row of a learned table, or index 0 of 1D.
+CLS_POSITION_SCHEMES = ("learned", "sincos1d")
 
 
-def resolve_position_scheme(name: str) -> type[NoPositions]:
+def resolve_position_scheme(name: str) -> Callable[[ScratchViTConfig, tuple[int, int]], NoPositions]:
     if name not in POSITION_SCHEMES:
         raise ValueError(f"ScratchViTConfig.position_embedding: '{name}' is not one of {', '.join(POSITION_SCHEMES)}")
     return POSITION_SCHEMES[name]
-
-
-def cls_position_schemes() -> tuple[str, ...]:
-    """The schemes with a natural code for the CLS token: a row of a learned table, or index 0 of 1D."""
-    return tuple(name for name, scheme in POSITION_SCHEMES.items() if scheme.codes_cls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -540,9 +545,7 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
                                           in_channels=config.num_channels, dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.registers = nn.Parameter(torch.zeros(1, config.num_registers, dim)) if config.num_registers else None
-        scheme = resolve_position_scheme(config.position_embedding)
-        self.positions = scheme(grid=grid, dim=dim, head_dim=dim // config.num_attention_heads,
-                                cls_position=config.cls_position_embedding)
+        self.positions = resolve_position_scheme(config.position_embedding)(config, grid)
         # The learned table lives here, not in self.positions, so that its saved name stays vit.position_table.
         self.position_table = None
         if isinstance(self.positions, LearnedPositions):

@@ -30,7 +30,7 @@ from safetensors.torch import save_model as save_safetensors_model
 
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, commit_staged, disk_full_message, staging_path, write_json_atomic
-from hfvision.models.lora import save_model
+from hfvision.models.saving import save_model
 
 TRAINER_STATE = "trainer_state.json"
 EMA_WEIGHTS = "ema.safetensors"

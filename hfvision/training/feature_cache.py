@@ -50,7 +50,7 @@ from hfvision.data.sources import ImageData
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, write_json_atomic
-from hfvision.models.tuning import find_classifier
+from hfvision.models.module_tree import find_classifier
 from hfvision.recipe import Recipe, random_train_augmentations
 
 FORMAT_VERSION = 2  # 2: entries carry a checksum; the decode/resize code changed since 1
@@ -140,15 +140,6 @@ class HeadOnFeatures(nn.Module):
 
     def save_pretrained(self, path, **kwargs) -> None:
         self.model.save_pretrained(path, **kwargs)
-
-
-class PassThrough:
-    """The per-batch preprocessing of cached features: none (they were preprocessed before the frozen part)."""
-
-    mixes_labels = False
-
-    def __call__(self, features: torch.Tensor, labels: torch.Tensor, train: bool, generator=None):
-        return features, labels
 
 
 # ----------------------------------------------------------------------------------------------

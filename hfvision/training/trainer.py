@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hfvision.data.transforms import BatchPreprocessor
-from hfvision.errors import HfvisionError
+from hfvision.errors import HfvisionError, RunInterrupted
 from hfvision.models.outputs import logits_of
 from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import TrainRecipe
@@ -40,14 +40,6 @@ from hfvision.training.optim import ScheduleLength
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 LOG_EVERY_BATCHES = 50  # progress lines when the output is not a terminal (timm's train.py log_interval)
-
-
-class RunInterrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint; ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class NonFiniteLoss(HfvisionError):
