@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from hfvision.models.outputs import logits_of
-from hfvision.models.tuning import find_classifier
+from hfvision.models.module_tree import find_classifier
 
 RANDOMISATION_STAGES = ("head", "all")
 
