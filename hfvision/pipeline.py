@@ -29,7 +29,7 @@ from hfvision.data.sources import ImageData, decode_splits, load_eval_split, loa
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.evaluation.artifacts import write_run_artifacts
-from hfvision.evaluation.evaluator import evaluate
+from hfvision.evaluation.evaluator import evaluate_model
 from hfvision.explain.api import per_class_grid
 from hfvision.fileio import atomic_directory
 from hfvision.hub import push_to_hub, write_model_card
@@ -42,7 +42,7 @@ from hfvision.spec import InputSpec
 from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
 from hfvision.training.feature_cache import cached_head_data, plan_feature_cache
 from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler, warn_unusual_learning_rate
-from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
+from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train_epochs
 
 
 def fit(recipe: Recipe) -> dict:
@@ -129,9 +129,9 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
         accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
 
     def validate(kept_model):
-        return evaluate(kept_model, val_loader, preprocessor, accelerator, data.label_names)
+        return evaluate_model(kept_model, val_loader, preprocessor, accelerator, data.label_names)
 
-    return train(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
+    return train_epochs(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
 
 
 def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path,
@@ -143,7 +143,7 @@ def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spe
     best = accelerator.prepare_model(AutoModelForImageClassification.from_pretrained(run_dir / "best"),
                                      evaluation_mode=True)
     test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
-    test = evaluate(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
+    test = evaluate_model(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
     return accelerator.unwrap_model(best), test
 
 
@@ -190,7 +190,7 @@ def evaluate_saved_model(model_name: str, dataset: str, split: str = "test", bat
                             f"the dataset's ({', '.join(label_names[:5])}, ...)")
     model, loader = accelerator.prepare(built.model, split_data.loader(batch_size, shuffle=False))
     accelerator.print(f"evaluating {len(split_data)} images on {accelerator.num_processes} process(es)")
-    return evaluate(model, loader, BatchPreprocessor(built.spec), accelerator, label_names)
+    return evaluate_model(model, loader, BatchPreprocessor(built.spec), accelerator, label_names)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

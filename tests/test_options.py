@@ -131,10 +131,10 @@ def _named(model) -> dict:
 
 
 def traced_fit(run_dir: Path, settings: dict) -> Trace:
-    """``fit`` with the spy installed around ``train``, ``evaluate`` and ``save_checkpoint``."""
+    """``fit`` with the spy installed around ``train_epochs``, ``evaluate_model`` and ``save_checkpoint``."""
     recipe = load_recipe(None, tiny_recipe_overrides(run_dir, **settings))
     trace = Trace(recipe, run_dir)
-    real_train, real_evaluate, real_save = pipeline.train, pipeline.evaluate, trainer.save_checkpoint
+    real_train, real_evaluate, real_save = pipeline.train_epochs, pipeline.evaluate_model, trainer.save_checkpoint
 
     def spy_train(parts, state, **kwargs):
         trace.parts = parts
@@ -181,8 +181,8 @@ def traced_fit(run_dir: Path, settings: dict) -> Trace:
         return real_save(accelerator, run_dir, state, ema)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "train", spy_train)
-        patch.setattr(pipeline, "evaluate", spy_evaluate)
+        patch.setattr(pipeline, "train_epochs", spy_train)
+        patch.setattr(pipeline, "evaluate_model", spy_evaluate)
         patch.setattr(trainer, "save_checkpoint", spy_save_checkpoint)
         trace.metrics = pipeline.fit(recipe)
     return trace
@@ -537,7 +537,7 @@ def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patie
     monkeypatch.setattr(trainer, "save_model_dir", lambda *_: None)
     train = TrainRecipe(epochs=9, early_stopping_patience=patience, report_to="none")
     parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
-    state = trainer.train(parts, fresh_trainer_state(), validate=lambda model: {"loss": 0.0, "accuracy": next(accuracies)},
+    state = trainer.train_epochs(parts, fresh_trainer_state(), validate=lambda model: {"loss": 0.0, "accuracy": next(accuracies)},
                           image_processor=None, run_dir=tmp_path)
     assert len(state["history"]) == epochs_run
     assert state["stopped_early"] == (patience is not None)

@@ -13,8 +13,8 @@ from hfvision.models.outputs import logits_of
 
 
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, preprocessor: BatchPreprocessor | None, accelerator: Accelerator,
-             label_names: list[str]) -> dict:
+def evaluate_model(model, loader: DataLoader, preprocessor: BatchPreprocessor | None, accelerator: Accelerator,
+                   label_names: list[str]) -> dict:
     """Loss and every classification metric over ``loader``, gathered across processes without duplicates.
     ``preprocessor`` turns uint8 batches into model inputs; None feeds the loader's tensors as they are."""
     model.eval()

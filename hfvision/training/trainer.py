@@ -1,4 +1,4 @@
-"""The Accelerate training loop: ``train`` runs epochs of ``train_one_epoch``, validates through a callback,
+"""The Accelerate training loop: ``train_epochs`` runs epochs of ``train_one_epoch``, validates through a callback,
 keeps ``best/``/``last/`` and writes checkpoints. It only trains: data, models, evaluation and sharing are the
 pipeline's (``hfvision.pipeline``).
 
@@ -282,8 +282,8 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
             "train_images_per_second": summed[2].item() / seconds}
 
 
-def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Module], dict], image_processor,
-          run_dir: Path) -> dict:
+def train_epochs(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Module], dict], image_processor,
+                 run_dir: Path) -> dict:
     """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
     checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
     accelerator, recipe = parts.accelerator, parts.train
