@@ -134,18 +134,21 @@ class HeadOnFeatures(nn.Module):
         self.classifier = find_classifier(model)
         object.__setattr__(self, "model", model)  # not registered: a plain reference to the whole model
 
-    def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
-        """``pixel_values`` are the cached features (the name is the loop's call shape)."""
-        return ImageClassifierOutput(logits=self.classifier(pixel_values))
+    def forward(self, features: torch.Tensor) -> ImageClassifierOutput:
+        return ImageClassifierOutput(logits=self.classifier(features))
 
     def save_pretrained(self, path, **kwargs) -> None:
         self.model.save_pretrained(path, **kwargs)
 
 
-class PassThrough:
-    """The per-batch preprocessing of cached features: none (they were preprocessed before the frozen part)."""
+def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The forward of a run on cached features (``HeadOnFeatures``, prepared): the head's logits."""
+    return head(features).logits
 
-    mixes_labels = False
+
+class FeatureBatches:
+    """The per-batch step of loaders that yield features (the cache's): none, they were preprocessed before the
+    frozen part. ``BatchPreprocessor`` is the step of loaders that yield uint8 pixels."""
 
     def __call__(self, features: torch.Tensor, labels: torch.Tensor, train: bool, generator=None):
         return features, labels
