@@ -51,7 +51,7 @@ from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, write_json_atomic
 from hfvision.models.tuning import find_classifier
-from hfvision.recipe import Recipe, random_train_augmentations
+from hfvision.recipe import Recipe, decide_feature_cache
 
 FORMAT_VERSION = 2  # 2: entries carry a checksum; the decode/resize code changed since 1
 DEFAULT_CACHE_DIR = "~/.cache/hfvision/features"
@@ -83,24 +83,10 @@ class FeatureCachePlan:
 
 
 def plan_feature_cache(recipe: Recipe) -> FeatureCachePlan:
-    """Resolve ``train.feature_cache`` (auto | on | off) and ``data.cached_views`` for a validated recipe."""
-    mode, augment, views = recipe.train.feature_cache, recipe.data.augment, recipe.data.cached_views
-    if mode == "off":
-        return FeatureCachePlan(False, None, "train.feature_cache: off")
-    if recipe.model.tuning != "head_only":
-        return FeatureCachePlan(False, None, f"model.tuning: {recipe.model.tuning} trains the backbone")
-    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
-        return FeatureCachePlan(False, None, "mixup/cutmix mix pixels within each batch")
-    augmentations = random_train_augmentations(augment)
-    if views is not None:
-        return FeatureCachePlan(True, views, f"{views} augmented view(s) of each training image "
-                                             f"({', '.join(augmentations)}), epoch e reads view e mod {views}; "
-                                             f"validation features exact")
-    if augmentations:
-        return FeatureCachePlan(False, None, f"random train-time augmentation ({', '.join(augmentations)}) changes "
-                                             f"the backbone's input every epoch; data.cached_views: K caches K views")
-    return FeatureCachePlan(True, None, "head-only, no random train-time augmentation: exact; the frozen part "
-                                        "runs once per split")
+    """The run's plan from ``train.feature_cache`` and ``data.cached_views``, as the recipe's rules decide it
+    (``hfvision.recipe.decide_feature_cache``, which also refuses a recipe that asks for a cache it cannot have)."""
+    decision = decide_feature_cache(recipe)
+    return FeatureCachePlan(decision.enabled, decision.views, decision.reason)
 
 
 # ----------------------------------------------------------------------------------------------
