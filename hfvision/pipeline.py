@@ -108,7 +108,7 @@ class Trainee:
     val_set: ImageSplit | CachedFeatures
     preprocessor: BatchPreprocessor | FeatureBatches
     forward: Callable  # (prepared module, inputs) -> logits, in training
-    validation_forward: Callable = logits_of
+    validation_forward: Callable = logits_of  # validation batches stay contiguous under train.channels_last
 
 
 def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData, run_dir: Path,

@@ -3,8 +3,9 @@ running anything that is in it.
 
 - ``checkpoint/``: ``accelerator.save_state`` (model weights as safetensors; optimiser, scheduler and the RNG states
   of every process as torch files holding only tensors and plain values) plus ``ema.safetensors`` (the EMA's
-  weights, ``train.ema_decay``) and ``trainer_state.json`` (a ``TrainerState``: epoch, batches done in the current epoch, the epoch's
-  running totals, history, best so far, the time budget's clock), which ``train.resume=true`` reads. Written at
+  weights, ``train.ema_decay``) and ``trainer_state.json`` (a ``TrainerState``: epoch, batches done in the current
+  epoch, the epoch's running totals, history, best so far, the time budget's clock), which ``train.resume=true``
+  reads. Written at
   epoch ends and, when the recipe asks, every N optimiser steps or minutes.
 - ``best/`` and ``last/``: ``save_pretrained`` dirs of the kept weights with the image processor.
 

@@ -144,7 +144,8 @@ class TimeBudget:
 
     CALIBRATION_STEPS = 20
 
-    def __init__(self, minutes: float | None, state: TrainerState, length: ScheduleLength | None, accelerator: Accelerator):
+    def __init__(self, minutes: float | None, state: TrainerState, length: ScheduleLength | None,
+                 accelerator: Accelerator):
         self.seconds = minutes * 60 if minutes else None
         self.length, self.accelerator = length, accelerator
         self.start = time.perf_counter() - state.elapsed_seconds
@@ -242,28 +243,13 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: TrainerState, check
         generator.manual_seed(seed)
         torch.manual_seed(seed + 1)  # dropout, drop path, mixup/cutmix and RandAugment draw from the global RNG
         inputs, targets = parts.preprocessor(inputs, labels, train=True, generator=generator)
-        with accelerator.accumulate(model):
-            logits = parts.forward(model, inputs)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
-            if not all_finite(accelerator, [loss]):
-                raise non_finite("loss", f"epoch {epoch + 1}, step {batch + 1} (optimiser step "
-                                 f"{state.global_step + 1})", parts, checkpoints.run_dir)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and train.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-            parts.optimizer.step()
-            parts.scheduler.step()
-            parts.optimizer.zero_grad(set_to_none=True)
+        where = f"epoch {epoch + 1}, step {batch + 1} (optimiser step {state.global_step + 1})"
+        logits, loss = _forward_backward_step(parts, inputs, targets, where, checkpoints.run_dir)
         hard_targets = targets.argmax(dim=1) if targets.dim() == 2 else targets
         correct = (logits.argmax(dim=1) == hard_targets).sum()
         totals += torch.stack([loss.detach().float() * labels.shape[0], correct.float(),
                                totals.new_tensor(labels.shape[0])])
-        if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
-            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
-                                 lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
-        if not on_terminal and (batch + 1) % LOG_EVERY_BATCHES == 0:
-            accelerator.print(f"epoch {epoch + 1}/{train.epochs} batch {batch + 1}/{len(parts.train_loader)}: "
-                              f"loss {loss.item():.4f} lr {parts.scheduler.get_last_lr()[0]:.2e}")
+        _show_progress(parts, progress, epoch, batch, loss, totals, on_terminal)
         if accelerator.sync_gradients:
             if parts.ema is not None:
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
@@ -279,6 +265,38 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: TrainerState, check
             "train_images_per_second": summed[2].item() / seconds}
 
 
+def _forward_backward_step(parts: TrainingParts, inputs, targets: torch.Tensor, where: str,
+                           run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: forward, loss (checked finite before the backward pass), backward; the clip and the optimiser
+    and scheduler steps take effect on a gradient-sync step (``accelerator.accumulate``). Returns (logits, loss)."""
+    accelerator, model, train = parts.accelerator, parts.model, parts.train
+    with accelerator.accumulate(model):
+        logits = parts.forward(model, inputs)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
+        if not all_finite(accelerator, [loss]):
+            raise non_finite("loss", where, parts, run_dir)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and train.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+    return logits, loss
+
+
+def _show_progress(parts: TrainingParts, progress: tqdm, epoch: int, batch: int, loss: torch.Tensor,
+                   totals: torch.Tensor, on_terminal: bool) -> None:
+    """On a terminal, the bar's loss, accuracy and LR every 10 batches; in a log file, a line every
+    ``LOG_EVERY_BATCHES``."""
+    accelerator, epochs = parts.accelerator, parts.train.epochs
+    if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
+        progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
+                             lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+    if not on_terminal and (batch + 1) % LOG_EVERY_BATCHES == 0:
+        accelerator.print(f"epoch {epoch + 1}/{epochs} batch {batch + 1}/{len(parts.train_loader)}: "
+                          f"loss {loss.item():.4f} lr {parts.scheduler.get_last_lr()[0]:.2e}")
+
+
 def _epoch_so_far(accelerator: Accelerator, state: TrainerState) -> tuple[torch.Tensor, float]:
     """The running totals (loss sum, correct, seen) and seconds an epoch starts from: zeros, or on a mid-epoch
     resume the checkpoint's (summed over processes, so added back on the main process alone)."""
@@ -290,8 +308,8 @@ def _epoch_so_far(accelerator: Accelerator, state: TrainerState) -> tuple[torch.
     return totals, state.partial_epoch["seconds"]
 
 
-def train_epochs(parts: TrainingParts, state: TrainerState, *, validate: Callable[[torch.nn.Module], dict], image_processor,
-                 run_dir: Path) -> TrainerState:
+def train_epochs(parts: TrainingParts, state: TrainerState, *, validate: Callable[[torch.nn.Module], dict],
+                 image_processor, run_dir: Path) -> TrainerState:
     """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
     checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
     accelerator, recipe = parts.accelerator, parts.train
