@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from hfvision.errors import HfvisionError
-from hfvision.evaluation.compare import markdown_table
+from hfvision.evaluation.compare import runs_markdown_table
 from hfvision.sweep import run_sweep
 
 
@@ -39,5 +39,5 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args):
     sweep_dir, rows = run_sweep(args.recipe, args.grid, args.overrides, args.name_template)
     if PartialState().is_main_process:
-        print(markdown_table(rows))
+        print(runs_markdown_table(rows))
         print(f"wrote {sweep_dir / 'comparison.md'} and {sweep_dir / 'comparison.csv'}")

@@ -50,18 +50,19 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def runs_markdown_table(rows: list[dict]) -> str:
+    """The runs' rows (``run_row``) as a Markdown table of ``COLUMNS``."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
+def write_run_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
     """Write ``out`` (.md), the same table as ``.csv`` and ``curves`` beside it; return the rows."""
     rows = [run_row(d) for d in run_dirs]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown_table(rows))
+    out.with_suffix(".md").write_text(runs_markdown_table(rows))
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
