@@ -17,32 +17,38 @@ in the test evaluation, and trackers are closed last (``end_training`` destroys 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
 from transformers import AutoModelForImageClassification
 
 from hfvision.accelerator import main_process_says, make_accelerator
-from hfvision.data.sources import ImageData, decode_splits, load_eval_split, load_raw, split_dataset
+from hfvision.data.sources import ImageData, ImageSplit, decode_splits, load_eval_split, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.evaluation.artifacts import write_run_artifacts
-from hfvision.evaluation.evaluator import evaluate
+from hfvision.evaluation.evaluator import evaluate_model
 from hfvision.explain.api import per_class_grid
 from hfvision.fileio import atomic_directory
 from hfvision.hub import push_to_hub, write_model_card
 from hfvision.models.factory import BuiltModel, build_model, load_model_for_inference, resolve_input_spec
 from hfvision.models.module_tree import count_parameters
 from hfvision.models.outputs import channels_last_logits, logits_of
-from hfvision.recipe import Recipe
+from hfvision.models.module_tree import count_parameters
+from hfvision.recipe import Recipe, TrainRecipe
 from hfvision.run_dir import claim_run_dir
 from hfvision.spec import InputSpec
-from hfvision.training.checkpoint import fresh_trainer_state, load_checkpoint
-from hfvision.training.feature_cache import cached_head_data, plan_feature_cache
+from hfvision.training.checkpoint import load_checkpoint
+from hfvision.training.feature_cache import (CachedFeatures, FeatureBatches, FeatureCachePlan, cached_head_data,
+                                             head_logits, plan_feature_cache)
 from hfvision.training.optim import ScheduleLength, build_optimizer, build_scheduler, warn_unusual_learning_rate
-from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train
+from hfvision.training.state import TrainerState
+from hfvision.training.trainer import TrainingParts, make_ema, steps_per_epoch, train_epochs
 
 
 def fit(recipe: Recipe) -> dict:
@@ -60,10 +66,11 @@ def _fit(recipe: Recipe, run_dir: Path) -> dict:
     data = load_data(recipe, spec, accelerator)
     built = build_model(recipe.model, spec, data.label_names)
     _describe(accelerator, data, built)
-    state = train_model(recipe, accelerator, built, data, run_dir)
-    best, test = evaluate_best(recipe, accelerator, data, spec, run_dir, state)
-    accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state['best_epoch']})")
-    metrics = _run_metrics(test, state, data)
+    cache = plan_feature_cache(recipe)
+    state = train_model(recipe, accelerator, built, data, run_dir, cache)
+    best, test, recovered_from = evaluate_best(recipe, accelerator, data, spec, run_dir, state)
+    accelerator.print(f"test accuracy {test['accuracy']:.4f} (best epoch {state.best_epoch})")
+    metrics = _run_metrics(test, state, recovered_from, cache, data)
     if accelerator.is_main_process:
         metrics = write_run_artifacts(run_dir, recipe, metrics, best, spec.image_size, count_parameters(built.model)[1])
         if recipe.eval.explain:
@@ -92,67 +99,58 @@ def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> Imag
     return data
 
 
-def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData, run_dir: Path) -> dict:
-    """Prepare optimiser, schedule, loaders and EMA; restore ``checkpoint/`` on resume; train. Returns the state."""
-    train_recipe = recipe.train
-    preprocessor = BatchPreprocessor(built.spec, recipe.data.augment, num_classes=len(data.label_names))
-    trained, train_set, val_set, cache = built.model, data.train, data.validation, plan_feature_cache(recipe)
-    if recipe.model.tuning == "head_only":
-        accelerator.print(cache.describe())
-    if cache.enabled:  # the head trains on the frozen part's output, computed once per split; best/ is the whole model
-        trained, train_set, val_set = cached_head_data(built.model, data, preprocessor, accelerator, cache,
-                                                       batch_size=recipe.eval.batch_size, seed=recipe.seed)
-        preprocessor = None  # the loaders yield features
-    forward = logits_of
-    if train_recipe.channels_last and not cache.enabled:  # a cached run trains only the head, on feature vectors
-        trained, forward = trained.to(memory_format=torch.channels_last), channels_last_logits
-    train_loader = train_set.loader(train_recipe.batch_size, shuffle=True)
-    val_loader = val_set.loader(recipe.eval.batch_size, shuffle=False)
-    optimizer = build_optimizer(trained, train_recipe)
-    epoch_steps = steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps)
-    schedule_length = ScheduleLength(train_recipe.epochs * epoch_steps)
-    scheduler = build_scheduler(optimizer, train_recipe, epoch_steps, schedule_length)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        trained, optimizer, train_loader, val_loader, scheduler)
-    ema = None
-    if train_recipe.ema_decay is not None:  # checkpointed as safetensors by save_checkpoint, never pickled
-        ema = make_ema(accelerator.unwrap_model(model), train_recipe.ema_decay)
-    parts = TrainingParts(accelerator, model, optimizer, scheduler, train_loader, preprocessor, train_recipe,
-                          recipe.seed, ema, schedule_length, forward)
-    state = _initial_state(accelerator, run_dir, train_recipe.resume, ema)
-    state["feature_cache"] = cache.record()
-    if train_recipe.time_budget_minutes and state.get("schedule_steps"):  # the estimate made before the stop
-        schedule_length.total_steps = state["schedule_steps"]
-    if accelerator.is_main_process:
-        recipe.save(run_dir / "recipe.yaml")
-    if train_recipe.report_to != "none":
-        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
+@dataclass
+class Trainee:
+    """What trains and on what: the whole model on uint8 pixel batches, or (the feature cache) its head on the
+    frozen part's features, computed once per split; either way ``best/`` is the whole model."""
+
+    module: torch.nn.Module
+    train_set: ImageSplit | CachedFeatures
+    val_set: ImageSplit | CachedFeatures
+    preprocessor: BatchPreprocessor | FeatureBatches
+    forward: Callable  # (prepared module, inputs) -> logits, in training
+    validation_forward: Callable = logits_of  # validation batches stay contiguous under train.channels_last
+
+
+def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData, run_dir: Path,
+                cache: FeatureCachePlan) -> TrainerState:
+    """What trains; its loaders, optimiser, schedule and EMA, prepared; the state, restored from ``checkpoint/`` on
+    resume; the run's records started; the epochs. Returns the final trainer state."""
+    trainee = _trainee(recipe, accelerator, built, data, cache)
+    parts, val_loader = _prepare_parts(recipe, accelerator, trainee)
+    state = _initial_state(accelerator, run_dir, recipe.train, parts)
+    _start_run_records(recipe, accelerator, run_dir)
 
     def validate(kept_model):
-        return evaluate(kept_model, val_loader, preprocessor, accelerator, data.label_names)
+        return evaluate_model(kept_model, val_loader, trainee.preprocessor, accelerator, data.label_names,
+                              trainee.validation_forward)
 
-    return train(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
+    return train_epochs(parts, state, validate=validate, image_processor=built.image_processor, run_dir=run_dir)
 
 
 def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path,
-                  state: dict):
-    """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns
-    (the unwrapped model, the test metrics block). A run that lost ``best/`` evaluates (and keeps) ``last/``."""
+                  state: TrainerState):
+    """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns (the unwrapped
+    model, the test metrics block, ``"last"`` when a run that lost ``best/`` evaluated (and kept) ``last/``, else
+    None)."""
+    recovered_from = None
     if main_process_says(accelerator, not (run_dir / "best" / "config.json").is_file()):
         _recover_best(accelerator, run_dir, state)
+        recovered_from = "last"
     best = accelerator.prepare_model(AutoModelForImageClassification.from_pretrained(run_dir / "best"),
                                      evaluation_mode=True)
     test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
-    test = evaluate(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
-    return accelerator.unwrap_model(best), test
+    test = evaluate_model(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
+    return accelerator.unwrap_model(best), test, recovered_from
 
 
-def _recover_best(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
-    """``best/`` is gone (deleted by hand, or lost with a disk): copy ``last/`` into its place, saying so."""
+def _recover_best(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> None:
+    """``best/`` is gone (deleted by hand, or lost with a disk): copy ``last/`` into its place, saying so; the
+    state's best epoch becomes the last one."""
     if main_process_says(accelerator, not (run_dir / "last" / "config.json").is_file()):
         raise HfvisionError(f"output_dir: {run_dir} has neither best/ nor last/ to evaluate; delete its "
                             f"checkpoint/ and train again")
-    last_epoch = len(state["history"])
+    last_epoch = len(state.history)
     accelerator.print(f"best/ is missing from {run_dir}: evaluating last/ (epoch {last_epoch}) instead and keeping "
                       f"it as best/")
     failure = None
@@ -165,7 +163,7 @@ def _recover_best(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
     failure = main_process_says(accelerator, failure)  # every process stops together, or none does
     if failure:
         raise HfvisionError(failure)
-    state.update(best_epoch=last_epoch, best_recovered_from="last")
+    state.best_epoch = last_epoch
 
 
 def share(recipe: Recipe, run_dir: Path, accelerator: Accelerator) -> None:
@@ -190,7 +188,7 @@ def evaluate_saved_model(model_name: str, dataset: str, split: str = "test", bat
                             f"the dataset's ({', '.join(label_names[:5])}, ...)")
     model, loader = accelerator.prepare(built.model, split_data.loader(batch_size, shuffle=False))
     accelerator.print(f"evaluating {len(split_data)} images on {accelerator.num_processes} process(es)")
-    return evaluate(model, loader, BatchPreprocessor(built.spec), accelerator, label_names)
+    return evaluate_model(model, loader, BatchPreprocessor(built.spec), accelerator, label_names)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -218,26 +216,75 @@ def _describe(accelerator: Accelerator, data: ImageData, built: BuiltModel) -> N
                       f"input {built.spec.image_size}px")
 
 
-def _initial_state(accelerator: Accelerator, run_dir: Path, resume: bool, ema=None) -> dict:
-    """A fresh trainer state, or the one in ``checkpoint/`` (with every prepared object's state) on resume."""
-    if resume and (run_dir / "checkpoint").exists():
-        state = load_checkpoint(accelerator, run_dir, ema)
-        where = f"epoch {state['epoch'] + 1}, batch {state['batch']}" if state["batch"] else f"epoch {state['epoch']}"
-        accelerator.print(f"resumed from {run_dir / 'checkpoint'} ({'in' if state['batch'] else 'after'} {where})")
+def _trainee(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, data: ImageData,
+             cache: FeatureCachePlan) -> Trainee:
+    """The whole model on pixels (channels-last when ``train.channels_last``), or its head on cached features."""
+    preprocessor = BatchPreprocessor(built.spec, recipe.data.augment, num_classes=len(data.label_names))
+    if recipe.model.tuning == "head_only":
+        accelerator.print(cache.describe())
+    if cache.enabled:  # a cached run trains only the head, on feature vectors: channels-last has nothing to lay out
+        head, train_set, val_set = cached_head_data(built.model, data, preprocessor, accelerator, cache,
+                                                    batch_size=recipe.eval.batch_size, seed=recipe.seed)
+        return Trainee(head, train_set, val_set, FeatureBatches(), head_logits, head_logits)
+    if recipe.train.channels_last:
+        return Trainee(built.model.to(memory_format=torch.channels_last), data.train, data.validation, preprocessor,
+                       channels_last_logits)
+    return Trainee(built.model, data.train, data.validation, preprocessor, logits_of)
+
+
+def _prepare_parts(recipe: Recipe, accelerator: Accelerator, trainee: Trainee) -> tuple[TrainingParts, DataLoader]:
+    """Loaders, optimiser and schedule through ``accelerator.prepare``, and the EMA of the prepared model
+    (checkpointed as safetensors by ``save_checkpoint``, never pickled). Returns the parts and the val loader."""
+    train_recipe = recipe.train
+    train_loader = trainee.train_set.loader(train_recipe.batch_size, shuffle=True)
+    val_loader = trainee.val_set.loader(recipe.eval.batch_size, shuffle=False)
+    optimizer = build_optimizer(trainee.module, train_recipe)
+    epoch_steps = steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps)
+    schedule_length = ScheduleLength(train_recipe.epochs * epoch_steps)
+    scheduler = build_scheduler(optimizer, train_recipe, epoch_steps, schedule_length)
+    prepared, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        trainee.module, optimizer, train_loader, val_loader, scheduler)
+    ema = None
+    if train_recipe.ema_decay is not None:
+        ema = make_ema(accelerator.unwrap_model(prepared), train_recipe.ema_decay)
+    parts = TrainingParts(accelerator, prepared, optimizer, scheduler, train_loader, trainee.preprocessor,
+                          train_recipe, recipe.seed, ema, schedule_length, trainee.forward)
+    return parts, val_loader
+
+
+def _initial_state(accelerator: Accelerator, run_dir: Path, train_recipe: TrainRecipe,
+                   parts: TrainingParts) -> TrainerState:
+    """A fresh trainer state, or the one in ``checkpoint/`` (with every prepared object's state) on resume; a run
+    under ``train.time_budget_minutes`` continues on the schedule length its budget had sized."""
+    if train_recipe.resume and (run_dir / "checkpoint").exists():
+        state = load_checkpoint(accelerator, run_dir, parts.ema)
+        where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"epoch {state.epoch}"
+        accelerator.print(f"resumed from {run_dir / 'checkpoint'} ({'in' if state.batch else 'after'} {where})")
+        if train_recipe.time_budget_minutes and state.schedule_steps:
+            parts.schedule_length.total_steps = state.schedule_steps
         return state
-    if resume:
+    if train_recipe.resume:
         accelerator.print(f"train.resume: no checkpoint in {run_dir}; starting from scratch")
-    return fresh_trainer_state()
+    return TrainerState()
 
 
-def _run_metrics(test: dict, state: dict, data: ImageData) -> dict:
-    return {"test": test, "best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
-            **({"best_recovered_from": state["best_recovered_from"]} if "best_recovered_from" in state else {}),
-            "history": state["history"], "stopped_early": state["stopped_early"],
-            "feature_cache": state["feature_cache"],
-            "training": {"images_seen": state["images_seen"], "optimizer_steps": state["global_step"],
-                         "epochs": len(state["history"]), "seconds": state["elapsed_seconds"],
-                         "time_budget_spent": state["budget_spent"]},
+def _start_run_records(recipe: Recipe, accelerator: Accelerator, run_dir: Path) -> None:
+    """``recipe.yaml`` (main process) and the trackers (``train.report_to``)."""
+    if accelerator.is_main_process:
+        recipe.save(run_dir / "recipe.yaml")
+    if recipe.train.report_to != "none":
+        accelerator.init_trackers("hfvision", config=_flat_hparams(recipe))
+
+
+def _run_metrics(test: dict, state: TrainerState, recovered_from: str | None, cache: FeatureCachePlan,
+                 data: ImageData) -> dict:
+    return {"test": test, "best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
+            **({"best_recovered_from": recovered_from} if recovered_from else {}),
+            "history": state.history, "stopped_early": state.stopped_early,
+            "feature_cache": cache.record(),
+            "training": {"images_seen": state.images_seen, "optimizer_steps": state.global_step,
+                         "epochs": len(state.history), "seconds": state.elapsed_seconds,
+                         "time_budget_spent": state.budget_spent},
             "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test),
                      "skipped_images": len(data.skipped), "skipped": data.skipped}}
 

@@ -16,7 +16,7 @@ import yaml
 from accelerate import PartialState
 
 from hfvision.errors import RecipeError
-from hfvision.evaluation.compare import write_comparison
+from hfvision.evaluation.compare import write_run_comparison
 from hfvision.recipe import load_recipe
 
 
@@ -87,4 +87,4 @@ def run_sweep(recipe_path: str | Path, grid_options: list[str], overrides: list[
         fit(recipe)
     if not PartialState().is_main_process:  # under torchrun / accelerate launch, one process writes the table
         return sweep_dir, []
-    return sweep_dir, write_comparison([sweep_dir / run.name for run in runs], sweep_dir / "comparison.md")
+    return sweep_dir, write_run_comparison([sweep_dir / run.name for run in runs], sweep_dir / "comparison.md")

@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from hfvision import ScratchViTConfig, ScratchViTForImageClassification
 from hfvision.data.synthetic import CLASSES
-from hfvision.evaluation.compare import write_comparison
+from hfvision.evaluation.compare import write_run_comparison
 from hfvision.evaluation.metrics import ClassificationMetrics, TopKAccuracy
 from hfvision.evaluation.profile import flop_counter, flops_per_image, inference_latency, model_profile
 
@@ -196,7 +196,7 @@ def test_report_compares_runs(tmp_path, synthetic_model_dir, capsys):
         fit(load_recipe(REPO / "recipes" / "quickstart.yaml",
                         tiny_recipe_overrides(tmp_path / name, **{"model.config.hidden_size": width})))
         runs.append(tmp_path / name)
-    rows = write_comparison(runs, tmp_path / "cmp" / "table.md")
+    rows = write_run_comparison(runs, tmp_path / "cmp" / "table.md")
     assert [r["run"] for r in rows] == ["narrow", "wide"]
     assert rows[0]["parameters"] < rows[1]["parameters"]
     text = (tmp_path / "cmp" / "table.md").read_text()
@@ -226,7 +226,7 @@ def test_the_usual_way_peer_trains_for_the_recipes_budget_and_report_overlays_it
     assert [h["elapsed_seconds"] for h in history] == sorted(h["elapsed_seconds"] for h in history)
     assert training["images_seen"] == history[-1]["images_seen"] and training["train_flops"] == history[-1]["train_flops"]
     assert metrics["test"]["accuracy"] > 1 / 6 + 0.1  # learned: the synthetic classes are separable by colour
-    rows = write_comparison([tmp_path / "usual"], tmp_path / "report" / "comparison.md")
+    rows = write_run_comparison([tmp_path / "usual"], tmp_path / "report" / "comparison.md")
     assert rows[0]["train_minutes"] > 0.1 and (tmp_path / "report" / "comparison_accuracy_vs_time.png").is_file()
 
 

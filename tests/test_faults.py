@@ -257,7 +257,7 @@ def test_a_full_disk_during_a_step_checkpoint_is_one_line_and_the_previous_check
                         f.write(b"\0" * (1 << 20))
                 except OSError:
                     pass
-        saves.append(state["global_step"])
+        saves.append(state.global_step)
         return real_save(accelerator, run_dir, state, ema)
 
     with monkeypatch.context() as patch:

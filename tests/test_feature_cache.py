@@ -65,7 +65,7 @@ def test_the_head_on_cached_features_gives_the_models_logits(family, tiny_pretra
     with torch.no_grad():
         expected = model(pixel_values=preprocessor.resize_and_normalize(pixels)).logits
         features = compute_features(model, pixels, preprocessor, make_accelerator(), batch_size=16)
-        cached_logits = HeadOnFeatures(model)(pixel_values=features[0]).logits
+        cached_logits = HeadOnFeatures(model)(features[0]).logits
     assert features.shape[:2] == (1, 40)
     torch.testing.assert_close(cached_logits, expected, rtol=1e-5, atol=1e-5)
 

@@ -88,7 +88,7 @@ def wait_for_step_checkpoint(run_dir, process, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = read_trainer_state(run_dir / "checkpoint") if (run_dir / "checkpoint").exists() else None
-        if state and state["batch"] > 0:
+        if state and state.batch > 0:
             return state
         assert process.poll() is None, process.communicate()[1][-3000:]
         time.sleep(0.05)
@@ -136,7 +136,7 @@ def test_sigterm_writes_a_checkpoint_exits_with_one_line_and_resumes_exactly(tmp
     assert last_line.startswith("stopped by SIGTERM at epoch ") and "train.resume=true" in last_line
     assert "Traceback" not in stderr
     state = read_trainer_state(out / "checkpoint")
-    assert state["global_step"] > 0
+    assert state.global_step > 0
     resumed = run_finetune(f"output_dir={out}", *KILL_SETTINGS, "train.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(uninterrupted / "last", out / "last")
@@ -150,7 +150,7 @@ def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeyp
     original = trainer.StepCheckpoints.after_step
 
     def signal_at_step_3(self, epoch, batches_done, totals, seconds):
-        if self.state["global_step"] == 3:
+        if self.state.global_step == 3:
             signal.raise_signal(signal.SIGUSR1)
         return original(self, epoch, batches_done, totals, seconds)
 
@@ -161,8 +161,8 @@ def test_a_stop_signal_in_process_checkpoints_at_the_next_step(tmp_path, monkeyp
     assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert "stopped by SIGUSR1 at epoch 1, step 3" in str(stopped.value)
     state = read_trainer_state(tmp_path / "run" / "checkpoint")
-    assert (state["epoch"], state["batch"], state["global_step"]) == (0, 3, 3)
-    assert state["partial_epoch"]["totals"][2] == 96  # three batches of 32 images seen
+    assert (state.epoch, state.batch, state.global_step) == (0, 3, 3)
+    assert state.partial_epoch["totals"][2] == 96  # three batches of 32 images seen
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is removed again
 
 
@@ -220,8 +220,8 @@ def test_an_older_epoch_end_trainer_state_reads_with_fresh_values_for_new_keys(t
            "epochs_without_improvement": 0, "stopped_early": False}  # what main wrote before step checkpoints
     (tmp_path / "trainer_state.json").write_text(json.dumps(old))
     state = read_trainer_state(tmp_path)
-    assert state["epoch"] == 2 and state["best_epoch"] == 2 and len(state["history"]) == 2
-    assert (state["batch"], state["global_step"], state["partial_epoch"], state["budget_spent"]) == (0, 0, None, False)
+    assert state.epoch == 2 and state.best_epoch == 2 and len(state.history) == 2
+    assert (state.batch, state.global_step, state.partial_epoch, state.budget_spent) == (0, 0, None, False)
 
 
 MALLOC_PROBE = """

@@ -46,8 +46,9 @@ from hfvision.recipe import (
 )
 from hfvision.spec import InputSpec
 from hfvision.training import trainer
-from hfvision.training.checkpoint import fresh_trainer_state
+from hfvision.training.feature_cache import FeatureBatches
 from hfvision.training.optim import build_optimizer, build_scheduler, lr_multiplier
+from hfvision.training.state import TrainerState
 from hfvision.training.trainer import (
     StepCheckpoints,
     StopSignals,
@@ -131,10 +132,10 @@ def _named(model) -> dict:
 
 
 def traced_fit(run_dir: Path, settings: dict) -> Trace:
-    """``fit`` with the spy installed around ``train``, ``evaluate`` and ``save_checkpoint``."""
+    """``fit`` with the spy installed around ``train_epochs``, ``evaluate_model`` and ``save_checkpoint``."""
     recipe = load_recipe(None, tiny_recipe_overrides(run_dir, **settings))
     trace = Trace(recipe, run_dir)
-    real_train, real_evaluate, real_save = pipeline.train, pipeline.evaluate, trainer.save_checkpoint
+    real_train, real_evaluate, real_save = pipeline.train_epochs, pipeline.evaluate_model, trainer.save_checkpoint
 
     def spy_train(parts, state, **kwargs):
         trace.parts = parts
@@ -177,12 +178,12 @@ def traced_fit(run_dir: Path, settings: dict) -> Trace:
         return real_evaluate(model, loader, preprocessor, *args)
 
     def spy_save_checkpoint(accelerator, run_dir, state, ema=None):
-        trace.checkpoints.append((state["global_step"], state["partial_epoch"] is not None))
+        trace.checkpoints.append((state.global_step, state.partial_epoch is not None))
         return real_save(accelerator, run_dir, state, ema)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "train", spy_train)
-        patch.setattr(pipeline, "evaluate", spy_evaluate)
+        patch.setattr(pipeline, "train_epochs", spy_train)
+        patch.setattr(pipeline, "evaluate_model", spy_evaluate)
         patch.setattr(trainer, "save_checkpoint", spy_save_checkpoint)
         trace.metrics = pipeline.fit(recipe)
     return trace
@@ -490,15 +491,15 @@ def train_tiny(run_dir: Path, train: TrainRecipe, data: TensorDataset) -> tuple[
     scheduler = build_scheduler(optimizer, train, steps_per_epoch(len(loader), train.gradient_accumulation_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     ema = make_ema(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay is not None else None
-    parts = TrainingParts(accelerator, model, optimizer, scheduler, loader, None, train, 0, ema)
+    parts = TrainingParts(accelerator, model, optimizer, scheduler, loader, FeatureBatches(), train, 0, ema)
     after_steps = []
     optimizer.optimizer.register_step_post_hook(lambda *_: after_steps.append(_named(model)))
-    state = fresh_trainer_state()
+    state = TrainerState()
     with StopSignals() as signals:
         checkpoints = StepCheckpoints(parts, run_dir, state, signals)
         for epoch in range(train.epochs):
             trainer.train_one_epoch(parts, epoch, state, checkpoints)
-    assert state["global_step"] == len(after_steps)
+    assert state.global_step == len(after_steps)
     return parts, after_steps
 
 
@@ -537,11 +538,11 @@ def test_early_stopping_stops_after_the_right_epoch(tmp_path, monkeypatch, patie
     monkeypatch.setattr(trainer, "save_model_dir", lambda *_: None)
     train = TrainRecipe(epochs=9, early_stopping_patience=patience, report_to="none")
     parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
-    state = trainer.train(parts, fresh_trainer_state(), validate=lambda model: {"loss": 0.0, "accuracy": next(accuracies)},
+    state = trainer.train_epochs(parts, TrainerState(), validate=lambda model: {"loss": 0.0, "accuracy": next(accuracies)},
                           image_processor=None, run_dir=tmp_path)
-    assert len(state["history"]) == epochs_run
-    assert state["stopped_early"] == (patience is not None)
-    assert state["best_epoch"] == best_epoch
+    assert len(state.history) == epochs_run
+    assert state.stopped_early == (patience is not None)
+    assert state.best_epoch == best_epoch
 
 
 @pytest.mark.parametrize("every_steps,every_minutes,written", [
@@ -555,14 +556,14 @@ def test_step_checkpoints_every_n_steps_or_minutes(tmp_path, monkeypatch, every_
     clock = iter(range(0, 1000, 20))
     monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
     saved = []
-    monkeypatch.setattr(trainer, "save_checkpoint", lambda accelerator, run_dir, state, ema=None: saved.append(state["global_step"]))
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda accelerator, run_dir, state, ema=None: saved.append(state.global_step))
     train = TrainRecipe(checkpoint_every_steps=every_steps, checkpoint_every_minutes=every_minutes)
     parts = TrainingParts(make_accelerator(), nn.Linear(1, 1), None, None, None, None, train, 0)
-    state = fresh_trainer_state()
+    state = TrainerState()
     with StopSignals() as signals:
         checkpoints = StepCheckpoints(parts, tmp_path, state, signals)  # reads the clock once: t = 0
         for step in range(1, 11):
-            state["global_step"] = step
+            state.global_step = step
             checkpoints.after_step(0, step, torch.zeros(3), 0.0)
     assert saved == written
 

@@ -47,8 +47,8 @@ def test_channels_last_trains_in_that_layout_to_the_same_weights(tmp_path, monke
         parts.model.resnet.stem[0].register_forward_pre_hook(record_layouts)
         return real_train(parts, state, **kwargs)
 
-    real_train = pipeline.train
-    monkeypatch.setattr(pipeline, "train", spy_train)
+    real_train = pipeline.train_epochs
+    monkeypatch.setattr(pipeline, "train_epochs", spy_train)
     weights = {}
     for channels_last in (False, True):
         out = tmp_path / str(channels_last)

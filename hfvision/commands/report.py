@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from hfvision.evaluation.compare import markdown_table, write_comparison
+from hfvision.evaluation.compare import markdown_table, write_run_comparison
 
 
 def add_arguments(parser):
@@ -15,6 +15,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    rows = write_comparison(args.runs, args.out)
+    rows = write_run_comparison(args.runs, args.out)
     print(markdown_table(rows))
     print(f"wrote {args.out.with_suffix('.md')}, {args.out.with_suffix('.csv')}")

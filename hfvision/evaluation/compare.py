@@ -59,7 +59,7 @@ def markdown_table(rows: list[dict], columns: Sequence[str] = COLUMNS, cell: Cal
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
+def write_run_comparison(run_dirs: list[Path], out: Path) -> list[dict]:
     """Write ``out`` (.md), the same table as ``.csv`` and ``curves`` beside it; return the rows."""
     rows = [run_row(d) for d in run_dirs]
     out = Path(out)

@@ -3,8 +3,9 @@ running anything that is in it.
 
 - ``checkpoint/``: ``accelerator.save_state`` (model weights as safetensors; optimiser, scheduler and the RNG states
   of every process as torch files holding only tensors and plain values) plus ``ema.safetensors`` (the EMA's
-  weights, ``train.ema_decay``) and ``trainer_state.json`` (epoch, batches done in the current epoch, the epoch's
-  running totals, history, best so far, the time budget's clock), which ``train.resume=true`` reads. Written at
+  weights, ``train.ema_decay``) and ``trainer_state.json`` (a ``TrainerState``: epoch, batches done in the current
+  epoch, the epoch's running totals, history, best so far, the time budget's clock), which ``train.resume=true``
+  reads. Written at
   epoch ends and, when the recipe asks, every N optimiser steps or minutes.
 - ``best/`` and ``last/``: ``save_pretrained`` dirs of the kept weights with the image processor.
 
@@ -31,29 +32,20 @@ from safetensors.torch import save_model as save_safetensors_model
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, commit_staged, disk_full_message, staging_path, write_json_atomic
 from hfvision.models.saving import save_model
+from hfvision.training.state import TrainerState, field_types
 
 TRAINER_STATE = "trainer_state.json"
 EMA_WEIGHTS = "ema.safetensors"
-# trainer_state.json: key -> the types its value may have (bool is an int in Python: checked first, apart)
-STATE_TYPES = {"epoch": int, "batch": int, "global_step": int, "history": list, "images_seen": int,
-               "elapsed_seconds": (int, float), "best_val_accuracy": (int, float), "best_epoch": (int, type(None)),
-               "epochs_without_improvement": int, "stopped_early": bool, "budget_spent": bool,
-               "partial_epoch": (dict, type(None))}
 
 
 class CheckpointError(HfvisionError):
     """A file of ``checkpoint/`` cannot be used; the message names it and says how to go on."""
 
 
-def fresh_trainer_state() -> dict:
-    return {"epoch": 0, "batch": 0, "global_step": 0, "partial_epoch": None, "history": [], "images_seen": 0,
-            "elapsed_seconds": 0.0, "best_val_accuracy": -1.0, "best_epoch": None, "epochs_without_improvement": 0,
-            "stopped_early": False, "budget_spent": False}
-
-
-def read_trainer_state(checkpoint_dir: str | Path) -> dict | None:
-    """The saved trainer state; keys added since it was written (a checkpoint of an older hfvision, made at an
-    epoch end) take their fresh values. A file that is not such a state raises ``CheckpointError``."""
+def read_trainer_state(checkpoint_dir: str | Path) -> TrainerState | None:
+    """The saved trainer state (``TrainerState.from_json``: fields added since it was written take their fresh
+    values). A file that is not such a state, or holds a value of another type than its field's, raises
+    ``CheckpointError``."""
     path = Path(checkpoint_dir) / TRAINER_STATE
     if not path.is_file():
         return None
@@ -63,16 +55,15 @@ def read_trainer_state(checkpoint_dir: str | Path) -> dict | None:
         raise _damaged(path, f"not valid JSON ({exc})") from None
     if not isinstance(saved, dict):
         raise _damaged(path, "expected a JSON object")
-    for key, types in STATE_TYPES.items():
+    for key, types in field_types().items():  # bool is an int in Python: checked first, apart
         if key in saved:
             value = saved[key]
-            if (isinstance(value, bool) and types is not bool) or not isinstance(value, types):
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 raise _damaged(path, f"'{key}' is {value!r}, expected {_type_names(types)}")
-    return {**fresh_trainer_state(), **saved}
+    return TrainerState.from_json(saved)
 
 
-def _type_names(types) -> str:
-    types = types if isinstance(types, tuple) else (types,)
+def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join({int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "true/false",
                         type(None): "null"}[t] for t in types)
 
@@ -82,7 +73,7 @@ def _damaged(path: Path, reason: str) -> CheckpointError:
                            f"{path.parent} to start this run afresh, or restore the file from a copy")
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: dict, ema=None) -> None:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: TrainerState, ema=None) -> None:
     """Every process writes its part of ``checkpoint.tmp``; the main process adds the EMA and trainer state and
     renames. On a full disk (or any write error) ``checkpoint.tmp`` is removed, the previous ``checkpoint/`` is
     kept as it was, and the run ends with one line."""
@@ -96,7 +87,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, trainer_state: dict
         if accelerator.is_main_process:
             if ema is not None:
                 save_safetensors_model(ema, str(tmp / EMA_WEIGHTS))
-            write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+            write_json_atomic(tmp / TRAINER_STATE, trainer_state.to_json())
     except (OSError, RuntimeError, SafetensorError) as exc:  # torch's zip writer: ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failed(run_dir, exc) from None
@@ -113,12 +104,12 @@ def _write_failed(run_dir: Path, exc: Exception) -> HfvisionError:
                          f"is intact: free space and rerun with train.resume=true")
 
 
-def verify_checkpoint(checkpoint_dir: Path, ema=None) -> dict:
+def verify_checkpoint(checkpoint_dir: Path, ema=None) -> TrainerState:
     """Check every file of ``checkpoint/`` without executing anything in it and return the trainer state.
 
     safetensors files: the header parses and the file holds every byte it promises. torch files: a complete zip
     whose pickle ``torch.load(weights_only=True)`` accepts (tensors and plain values only: a pickle that would
-    build any other object is refused, never run). ``trainer_state.json``: JSON of the expected types."""
+    build any other object is refused, never run). ``trainer_state.json``: JSON of ``TrainerState``'s field types."""
     state = read_trainer_state(checkpoint_dir)
     if state is None:
         raise _damaged(checkpoint_dir / TRAINER_STATE, "missing")
@@ -160,7 +151,7 @@ def _check_torch_file(path: Path) -> None:
         raise _damaged(path, f"refused by torch.load(weights_only=True): {first[:200]}") from None
 
 
-def load_checkpoint(accelerator: Accelerator, run_dir: Path, ema=None) -> dict:
+def load_checkpoint(accelerator: Accelerator, run_dir: Path, ema=None) -> TrainerState:
     """Restore every prepared object (and the EMA) from ``checkpoint/``, after ``verify_checkpoint``; return the
     trainer state."""
     checkpoint_dir = run_dir / "checkpoint"

@@ -51,7 +51,7 @@ from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, write_json_atomic
 from hfvision.models.module_tree import find_classifier
-from hfvision.recipe import Recipe, random_train_augmentations
+from hfvision.recipe import Recipe, decide_feature_cache
 
 FORMAT_VERSION = 2  # 2: entries carry a checksum; the decode/resize code changed since 1
 DEFAULT_CACHE_DIR = "~/.cache/hfvision/features"
@@ -83,24 +83,10 @@ class FeatureCachePlan:
 
 
 def plan_feature_cache(recipe: Recipe) -> FeatureCachePlan:
-    """Resolve ``train.feature_cache`` (auto | on | off) and ``data.cached_views`` for a validated recipe."""
-    mode, augment, views = recipe.train.feature_cache, recipe.data.augment, recipe.data.cached_views
-    if mode == "off":
-        return FeatureCachePlan(False, None, "train.feature_cache: off")
-    if recipe.model.tuning != "head_only":
-        return FeatureCachePlan(False, None, f"model.tuning: {recipe.model.tuning} trains the backbone")
-    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
-        return FeatureCachePlan(False, None, "mixup/cutmix mix pixels within each batch")
-    augmentations = random_train_augmentations(augment)
-    if views is not None:
-        return FeatureCachePlan(True, views, f"{views} augmented view(s) of each training image "
-                                             f"({', '.join(augmentations)}), epoch e reads view e mod {views}; "
-                                             f"validation features exact")
-    if augmentations:
-        return FeatureCachePlan(False, None, f"random train-time augmentation ({', '.join(augmentations)}) changes "
-                                             f"the backbone's input every epoch; data.cached_views: K caches K views")
-    return FeatureCachePlan(True, None, "head-only, no random train-time augmentation: exact; the frozen part "
-                                        "runs once per split")
+    """The run's plan from ``train.feature_cache`` and ``data.cached_views``, as the recipe's rules decide it
+    (``hfvision.recipe.decide_feature_cache``, which also refuses a recipe that asks for a cache it cannot have)."""
+    decision = decide_feature_cache(recipe)
+    return FeatureCachePlan(decision.enabled, decision.views, decision.reason)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,12 +120,24 @@ class HeadOnFeatures(nn.Module):
         self.classifier = find_classifier(model)
         object.__setattr__(self, "model", model)  # not registered: a plain reference to the whole model
 
-    def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
-        """``pixel_values`` are the cached features (the name is the loop's call shape)."""
-        return ImageClassifierOutput(logits=self.classifier(pixel_values))
+    def forward(self, features: torch.Tensor) -> ImageClassifierOutput:
+        return ImageClassifierOutput(logits=self.classifier(features))
 
     def save_pretrained(self, path, **kwargs) -> None:
         self.model.save_pretrained(path, **kwargs)
+
+
+def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The forward of a run on cached features (``HeadOnFeatures``, prepared): the head's logits."""
+    return head(features).logits
+
+
+class FeatureBatches:
+    """The per-batch step of loaders that yield features (the cache's): none, they were preprocessed before the
+    frozen part. ``BatchPreprocessor`` is the step of loaders that yield uint8 pixels."""
+
+    def __call__(self, features: torch.Tensor, labels: torch.Tensor, train: bool, generator=None):
+        return features, labels
 
 
 # ----------------------------------------------------------------------------------------------

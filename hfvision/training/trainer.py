@@ -1,4 +1,4 @@
-"""The Accelerate training loop: ``train`` runs epochs of ``train_one_epoch``, validates through a callback,
+"""The Accelerate training loop: ``train_epochs`` runs epochs of ``train_one_epoch``, validates through a callback,
 keeps ``best/``/``last/`` and writes checkpoints. It only trains: data, models, evaluation and sharing are the
 pipeline's (``hfvision.pipeline``).
 
@@ -36,7 +36,9 @@ from hfvision.models.outputs import logits_of
 from hfvision.models.tuning import set_train_mode
 from hfvision.recipe import TrainRecipe
 from hfvision.training.checkpoint import save_checkpoint, save_model_dir
+from hfvision.training.feature_cache import FeatureBatches
 from hfvision.training.optim import ScheduleLength
+from hfvision.training.state import TrainerState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 LOG_EVERY_BATCHES = 50  # progress lines when the output is not a terminal (timm's train.py log_interval)
@@ -82,14 +84,16 @@ def batch_seed(seed: int, epoch: int, batch: int, process: int) -> int:
 
 @dataclass
 class TrainingParts:
-    """What the loop works on, after ``accelerator.prepare``. ``forward`` maps (model, inputs) to logits."""
+    """What the loop works on, after ``accelerator.prepare``. ``preprocessor`` turns the loader's batches into model
+    inputs (``BatchPreprocessor`` for uint8 pixels, ``FeatureBatches`` for cached features);
+    ``forward`` maps (model, inputs) to logits."""
 
     accelerator: Accelerator
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
     train_loader: DataLoader
-    preprocessor: BatchPreprocessor | None  # None: the loader yields model inputs as they are
+    preprocessor: BatchPreprocessor | FeatureBatches
     train: TrainRecipe
     seed: int
     ema: AveragedModel | None = None
@@ -128,14 +132,15 @@ class TimeBudget:
     """``train.time_budget_minutes``: a wall-clock budget for training and validation together. Every
     ``CALIBRATION_STEPS`` optimiser steps and at every epoch end, the schedule is resized to the steps that fit
     at the rate measured so far; the loop stops at a step boundary once the budget is spent. The clock
-    continues across a resume (``state['elapsed_seconds']``)."""
+    continues across a resume (``TrainerState.elapsed_seconds``)."""
 
     CALIBRATION_STEPS = 20
 
-    def __init__(self, minutes: float | None, state: dict, length: ScheduleLength | None, accelerator: Accelerator):
+    def __init__(self, minutes: float | None, state: TrainerState, length: ScheduleLength | None,
+                 accelerator: Accelerator):
         self.seconds = minutes * 60 if minutes else None
         self.length, self.accelerator = length, accelerator
-        self.start = time.perf_counter() - state.get("elapsed_seconds", 0.0)
+        self.start = time.perf_counter() - state.elapsed_seconds
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -159,7 +164,7 @@ class StepCheckpoints:
     stop signal). Processes agree on time- and signal-triggered stops with one small all-reduce every
     ``agree_every`` steps, so they all checkpoint at the same step."""
 
-    def __init__(self, parts: TrainingParts, run_dir: Path, state: dict, signals: StopSignals,
+    def __init__(self, parts: TrainingParts, run_dir: Path, state: TrainerState, signals: StopSignals,
                  budget: TimeBudget | None = None):
         self.parts, self.run_dir, self.state, self.signals = parts, run_dir, state, signals
         self.budget = budget or TimeBudget(None, state, None, parts.accelerator)  # no budget: never spent
@@ -182,7 +187,7 @@ class StepCheckpoints:
     def after_step(self, epoch: int, batches_done: int, totals: torch.Tensor, seconds: float) -> bool:
         """Checkpoint when due (never weights that are no longer finite); raise ``RunInterrupted`` on a stop
         signal; return True when the time budget is spent (the epoch ends here)."""
-        step = self.state["global_step"]
+        step = self.state.global_step
         if step % TimeBudget.CALIBRATION_STEPS == 0:  # the rate follows the machine's load as it changes
             self.budget.resize(step)
         by_steps = self.every_steps is not None and step % self.every_steps == 0
@@ -194,8 +199,8 @@ class StepCheckpoints:
             if not all_finite(self.parts.accelerator, list(self.parts.model.parameters())):
                 raise non_finite("weights", f"epoch {epoch + 1}, step {batches_done}", self.parts, self.run_dir)
             summed = self.parts.accelerator.reduce(totals.clone(), reduction="sum").tolist()
-            self.state.update(epoch=epoch, batch=batches_done, elapsed_seconds=self.budget.elapsed(),
-                              schedule_steps=self.budget.total_steps(), partial_epoch={"totals": summed, "seconds": seconds})
+            self.state.place(epoch=epoch, batch=batches_done, partial_epoch={"totals": summed, "seconds": seconds},
+                             elapsed_seconds=self.budget.elapsed(), schedule_steps=self.budget.total_steps())
             save_checkpoint(self.parts.accelerator, self.run_dir, self.state, self.parts.ema)
             self.last_write = time.monotonic()
         if stop:
@@ -209,21 +214,16 @@ class StepCheckpoints:
                               f"rerun the same command with train.resume=true to continue exactly", code)
 
 
-def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: StepCheckpoints) -> dict:
-    """One pass over the train loader from ``state['batch']`` (non-zero when resuming mid-epoch). A loss that is
+def train_one_epoch(parts: TrainingParts, epoch: int, state: TrainerState, checkpoints: StepCheckpoints) -> dict:
+    """One pass over the train loader from ``state.batch`` (non-zero when resuming mid-epoch). A loss that is
     not finite stops the run before its backward pass, so no NaN reaches the weights (``NonFiniteLoss``)."""
     accelerator, model, train = parts.accelerator, parts.model, parts.train
     parts.train_loader.set_epoch(epoch)
     if hasattr(parts.train_loader.dataset, "set_epoch"):  # cached views; Accelerate skips it under several processes
         parts.train_loader.dataset.set_epoch(epoch)
-    start_batch = state["batch"]
+    start_batch = state.batch
     loader = accelerator.skip_first_batches(parts.train_loader, start_batch) if start_batch else parts.train_loader
-    totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, seen
-    seconds_before = 0.0
-    if state["partial_epoch"] is not None and accelerator.is_main_process:  # the totals were summed over processes
-        totals += torch.tensor(state["partial_epoch"]["totals"], device=accelerator.device)
-    if state["partial_epoch"] is not None:
-        seconds_before = state["partial_epoch"]["seconds"]
+    totals, seconds_before = _epoch_so_far(accelerator, state)
     generator = torch.Generator()
     set_train_mode(model)
     start = time.perf_counter()
@@ -234,64 +234,90 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: dict, checkpoints: 
         seed = batch_seed(parts.seed, epoch, batch, accelerator.process_index)
         generator.manual_seed(seed)
         torch.manual_seed(seed + 1)  # dropout, drop path, mixup/cutmix and RandAugment draw from the global RNG
-        targets = labels
-        if parts.preprocessor is not None:
-            inputs, targets = parts.preprocessor(inputs, labels, train=True, generator=generator)
-        with accelerator.accumulate(model):
-            logits = parts.forward(model, inputs)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
-            if not all_finite(accelerator, [loss]):
-                raise non_finite("loss", f"epoch {epoch + 1}, step {batch + 1} (optimiser step "
-                                 f"{state['global_step'] + 1})", parts, checkpoints.run_dir)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and train.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-            parts.optimizer.step()
-            parts.scheduler.step()
-            parts.optimizer.zero_grad(set_to_none=True)
+        inputs, targets = parts.preprocessor(inputs, labels, train=True, generator=generator)
+        where = f"epoch {epoch + 1}, step {batch + 1} (optimiser step {state.global_step + 1})"
+        logits, loss = _forward_backward_step(parts, inputs, targets, where, checkpoints.run_dir)
         hard_targets = targets.argmax(dim=1) if targets.dim() == 2 else targets
         correct = (logits.argmax(dim=1) == hard_targets).sum()
         totals += torch.stack([loss.detach().float() * labels.shape[0], correct.float(),
                                totals.new_tensor(labels.shape[0])])
-        if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
-            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
-                                 lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
-        if not on_terminal and (batch + 1) % LOG_EVERY_BATCHES == 0:
-            accelerator.print(f"epoch {epoch + 1}/{train.epochs} batch {batch + 1}/{len(parts.train_loader)}: "
-                              f"loss {loss.item():.4f} lr {parts.scheduler.get_last_lr()[0]:.2e}")
+        _show_progress(parts, progress, epoch, batch, loss, totals, on_terminal)
         if accelerator.sync_gradients:
             if parts.ema is not None:
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
-            state["global_step"] += 1
+            state.global_step += 1
             if checkpoints.after_step(epoch, batch + 1, totals, seconds_before + time.perf_counter() - start):
-                state["budget_spent"] = True
+                state.budget_spent = True
                 break
     summed = accelerator.reduce(totals, reduction="sum")
-    state["images_seen"] += int(summed[2].item())
+    state.images_seen += int(summed[2].item())
     seconds = seconds_before + time.perf_counter() - start
     return {"train_loss": (summed[0] / summed[2]).item(), "train_accuracy": (summed[1] / summed[2]).item(),
             "learning_rate": parts.scheduler.get_last_lr()[0], "epoch_seconds": seconds,
             "train_images_per_second": summed[2].item() / seconds}
 
 
-def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Module], dict], image_processor,
-          run_dir: Path) -> dict:
+def _forward_backward_step(parts: TrainingParts, inputs, targets: torch.Tensor, where: str,
+                           run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: forward, loss (checked finite before the backward pass), backward; the clip and the optimiser
+    and scheduler steps take effect on a gradient-sync step (``accelerator.accumulate``). Returns (logits, loss)."""
+    accelerator, model, train = parts.accelerator, parts.model, parts.train
+    with accelerator.accumulate(model):
+        logits = parts.forward(model, inputs)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=train.label_smoothing)
+        if not all_finite(accelerator, [loss]):
+            raise non_finite("loss", where, parts, run_dir)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and train.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+    return logits, loss
+
+
+def _show_progress(parts: TrainingParts, progress: tqdm, epoch: int, batch: int, loss: torch.Tensor,
+                   totals: torch.Tensor, on_terminal: bool) -> None:
+    """On a terminal, the bar's loss, accuracy and LR every 10 batches; in a log file, a line every
+    ``LOG_EVERY_BATCHES``."""
+    accelerator, epochs = parts.accelerator, parts.train.epochs
+    if accelerator.is_local_main_process and batch % 10 == 0:  # .item() waits for the device
+        progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(totals[1] / totals[2]).item():.3f}",
+                             lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+    if not on_terminal and (batch + 1) % LOG_EVERY_BATCHES == 0:
+        accelerator.print(f"epoch {epoch + 1}/{epochs} batch {batch + 1}/{len(parts.train_loader)}: "
+                          f"loss {loss.item():.4f} lr {parts.scheduler.get_last_lr()[0]:.2e}")
+
+
+def _epoch_so_far(accelerator: Accelerator, state: TrainerState) -> tuple[torch.Tensor, float]:
+    """The running totals (loss sum, correct, seen) and seconds an epoch starts from: zeros, or on a mid-epoch
+    resume the checkpoint's (summed over processes, so added back on the main process alone)."""
+    totals = torch.zeros(3, device=accelerator.device)
+    if state.partial_epoch is None:
+        return totals, 0.0
+    if accelerator.is_main_process:
+        totals += torch.tensor(state.partial_epoch["totals"], device=accelerator.device)
+    return totals, state.partial_epoch["seconds"]
+
+
+def train_epochs(parts: TrainingParts, state: TrainerState, *, validate: Callable[[torch.nn.Module], dict],
+                 image_processor, run_dir: Path) -> TrainerState:
     """Epochs from ``state``: train, ``validate(kept model)``, keep ``best/`` (by val accuracy) and ``last/``,
     checkpoint; early stopping; step checkpoints and stop signals. Returns the final trainer state."""
     accelerator, recipe = parts.accelerator, parts.train
     budget = TimeBudget(recipe.time_budget_minutes, state, parts.schedule_length, accelerator)
     with StopSignals() as signals:
         checkpoints = StepCheckpoints(parts, run_dir, state, signals, budget)
-        for epoch in range(state["epoch"], recipe.epochs):
-            if state["stopped_early"] or state["budget_spent"]:
+        for epoch in range(state.epoch, recipe.epochs):
+            if state.stopped_early or state.budget_spent:
                 break
             record = {"epoch": epoch + 1, **train_one_epoch(parts, epoch, state, checkpoints)}
             if not all_finite(accelerator, list(parts.model.parameters())):
                 raise non_finite("weights", f"the end of epoch {epoch + 1}", parts, run_dir)
             val = validate(parts.kept_model())
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"], images_seen=state["images_seen"],
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"], images_seen=state.images_seen,
                           elapsed_seconds=budget.elapsed())
-            state["history"].append(record)
+            state.history.append(record)
             accelerator.print(f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f} "
                               f"acc {record['train_accuracy']:.4f} | val loss {val['loss']:.4f} "
                               f"acc {val['accuracy']:.4f} | {record['epoch_seconds']:.1f}s")
@@ -299,26 +325,26 @@ def train(parts: TrainingParts, state: dict, *, validate: Callable[[torch.nn.Mod
                 accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
             _keep_model_dirs(parts, state, val["accuracy"], epoch, image_processor, run_dir)
             patience = recipe.early_stopping_patience
-            if patience is not None and state["epochs_without_improvement"] >= patience:
-                state["stopped_early"] = True
+            if patience is not None and state.epochs_without_improvement >= patience:
+                state.stopped_early = True
                 accelerator.print(f"early stopping: no better val accuracy for {patience} epochs")
-            if state["budget_spent"]:
+            if state.budget_spent:
                 accelerator.print(f"time budget of {recipe.time_budget_minutes} minutes spent after "
-                                  f"{state['global_step']} optimiser steps ({state['images_seen']:,} images)")
-            budget.resize(state["global_step"])
-            state.update(epoch=epoch + 1, batch=0, partial_epoch=None, elapsed_seconds=budget.elapsed(),
-                         schedule_steps=budget.total_steps())
+                                  f"{state.global_step} optimiser steps ({state.images_seen:,} images)")
+            budget.resize(state.global_step)
+            state.place(epoch=epoch + 1, batch=0, partial_epoch=None, elapsed_seconds=budget.elapsed(),
+                        schedule_steps=budget.total_steps())
             save_checkpoint(accelerator, run_dir, state, parts.ema)
             if checkpoints.stop_requested():
                 raise checkpoints.interrupted(f"the end of epoch {epoch + 1}")
     return state
 
 
-def _keep_model_dirs(parts: TrainingParts, state: dict, val_accuracy: float, epoch: int, image_processor,
+def _keep_model_dirs(parts: TrainingParts, state: TrainerState, val_accuracy: float, epoch: int, image_processor,
                      run_dir: Path) -> None:
-    if val_accuracy > state["best_val_accuracy"]:
-        state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1, epochs_without_improvement=0)
+    if val_accuracy > state.best_val_accuracy:
+        state.best_val_accuracy, state.best_epoch, state.epochs_without_improvement = val_accuracy, epoch + 1, 0
         save_model_dir(parts.accelerator, parts.kept_model(), image_processor, run_dir / "best")
     else:
-        state["epochs_without_improvement"] += 1
+        state.epochs_without_improvement += 1
     save_model_dir(parts.accelerator, parts.kept_model(), image_processor, run_dir / "last")
