@@ -2,8 +2,11 @@
 baseline (0 after normalisation, i.e. the dataset's mean colour) over the input and record how much the explained
 class's logit drops; overlapping windows are averaged per pixel. Model-agnostic: the same code for every family.
 
-The window is about a seventh of the input side (32 px at 224, 4 px at 32) with half-window strides: 13 x 13 = 169
-forward passes per image at 224 px, 15 x 15 at 32 px.
+The window is 3/8 of the input side with strides of a third of it (12 px / 4 at 32 px, 84 / 28 at 224: 6 x 6 = 36
+forward passes per image): about the size of the object, so that covering it removes the evidence. Smaller windows
+leave enough of an object for the model to still see it: on the synthetic shapes (12-16 px of 32) the map peaked on
+the shape in 46% of images with 4 px windows, 67-69% with 8 px and 87% with 12 px (a quickstart RoPE ScratchViT,
+100 images).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from hfvision.models.outputs import LogitsOnly, logits_of
 
 def window_for(size: int) -> tuple[int, int]:
     """(window, stride) in pixels for an input of ``size``."""
-    window = max(2, size // 7)
-    return window, max(1, window // 2)
+    window = max(2, round(size * 3 / 8))
+    return window, max(1, window // 3)
 
 
 class OcclusionMap:
