@@ -138,9 +138,9 @@ def test_named_layer_and_rollout():
 def trained_vit(tmp_path_factory):
     """A small ScratchViT (the quickstart with RoPE) trained on the synthetic shapes.
 
-    Grad-CAM's score varies between training runs (76-99% over ten quickstart runs, README, Explanations); with
+    Grad-CAM's score varies between training runs (76-99% over ten quickstart runs, docs/results.md, Explanations); with
     these test settings and seed the learned-table quickstart model is one of the weak ones (64.5%), the RoPE one
-    is not (97.5%; commands in the README), so the test trains RoPE: the assertion is about the method, not about
+    is not (97.5%; commands in docs/results.md), so the test trains RoPE: the assertion is about the method, not about
     a lucky seed. (The CIFAR ResNet's known-answer test is in test_resnet_cifar.py, so that the two trainings can
     run on different pytest-xdist workers.)"""
     root = tmp_path_factory.mktemp("trained")

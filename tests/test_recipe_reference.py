@@ -1,5 +1,5 @@
 """Every recipe field is documented once, in the schema; ``docs/recipe.md`` is generated from it, and the keys the
-other docs name are keys of the schema."""
+other docs (README, ARCHITECTURE, docs/, the study READMEs) name are keys of the schema."""
 
 import dataclasses
 import re
@@ -38,7 +38,8 @@ def test_docs_recipe_md_is_what_the_schema_renders():
 
 def test_the_keys_other_docs_name_are_schema_keys():
     keys = schema_keys()
-    docs = [REPO / "README.md", REPO / "ARCHITECTURE.md", *sorted((REPO / "recipes").rglob("README.md"))]
+    docs = [REPO / "README.md", REPO / "ARCHITECTURE.md", *sorted((REPO / "docs").glob("*.md")),
+            *sorted((REPO / "recipes").rglob("README.md"))]
     unknown = []
     for doc in docs:
         for key in re.findall(r"`((?:model|data|train|eval|hub|sweep)\.[A-Za-z_.*]+?)[`=:/ ]", doc.read_text()):
