@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from hfvision.training.optim import ScheduleLength, parameter_groups
+from hfvision.training.state import TrainerState
 from hfvision.training.trainer import TimeBudget
 
 
@@ -102,7 +103,7 @@ def train_usual_way(model, loaders: dict, accelerator: Accelerator, *, learning_
     scheduler = LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / length.total_steps, 1.0))))
     model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"], scheduler)
-    budget = TimeBudget(budget_minutes, {}, length, accelerator)
+    budget = TimeBudget(budget_minutes, TrainerState(), length, accelerator)
     history, epoch_seconds, steps, images = [], [], 0, 0
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
