@@ -66,7 +66,7 @@ MUTATIONS = [
      'if train.optimizer == "adamw":', 'if train.optimizer in ("adamw", "adam"):',
      [OPTIONS + "test_optimizer_steps_follow_the_hand_rule"]),
     ("learning_rate", "train.learning_rate", "hfvision/training/optim.py",
-     "torch.optim.AdamW(groups, lr=train.learning_rate)", "torch.optim.AdamW(groups, lr=1e-3)",
+     'group["lr"] = train.learning_rate * group["lr_scale"]', 'group["lr"] = 1e-3 * group["lr_scale"]',
      [OPTIONS + "test_optimizer_steps_follow_the_hand_rule"]),
     ("epochs", "train.epochs", "hfvision/training/trainer.py",
      "for epoch in range(state.epoch, recipe.epochs):", "for epoch in range(state.epoch, 1):",

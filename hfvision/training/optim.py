@@ -60,13 +60,13 @@ def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float |
 
 def build_optimizer(model: nn.Module, train: TrainRecipe) -> torch.optim.Optimizer:
     groups = parameter_groups(model, train.weight_decay, train.layer_decay)
-    for group in groups:
+    for group in groups:  # every group carries its rate, so the optimisers' own default is never used
         group["lr"] = train.learning_rate * group["lr_scale"]
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.learning_rate)
+        return torch.optim.AdamW(groups)
     if train.optimizer == "adam":  # Adam's decay is L2 added to the gradient, as torch defines it
-        return torch.optim.Adam(groups, lr=train.learning_rate)
-    return torch.optim.SGD(groups, lr=train.learning_rate, momentum=train.momentum, nesterov=train.momentum > 0)
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=train.momentum, nesterov=train.momentum > 0)
 
 
 class ScheduleLength:
