@@ -1,11 +1,12 @@
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, one_torch_thread, run_cli_in_process, tiny_recipe_overrides
+from conftest import REPO, run_cli_in_process, tiny_recipe_overrides
 from PIL import Image
 from torch import nn
 from transformers import (
@@ -27,8 +28,6 @@ from hfvision.explain.api import first_index_per_class, heatmaps, pca_figure, sy
 from hfvision.explain.gradcam import GradCam, TokenGrid, _norm_with_constant_scale, find_target
 from hfvision.explain.rollout import attention_rollout
 from hfvision.spec import InputSpec
-from hfvision.recipe import load_recipe
-from hfvision.pipeline import fit
 
 NORM = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -146,8 +145,11 @@ def trained_vit(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     overrides = {"data.max_train_samples": None, "data.max_eval_samples": None, "train.epochs": 6,
                  "model.config.position_embedding": "rope"}
-    with one_torch_thread():  # the same training under `make test` (xdist) and plain pytest
-        fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(root, **overrides)))
+    # A process of its own on one thread: the same model under `make test` (xdist), plain pytest, and whatever
+    # tests ran before in this process (in-process training picked up their state: another model, other scores)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), str(REPO / "recipes" / "quickstart.yaml"),
+                    *tiny_recipe_overrides(root, **overrides)], cwd=REPO, check=True, capture_output=True, timeout=900,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     return AutoModelForImageClassification.from_pretrained(root / "best").eval()
 
 
