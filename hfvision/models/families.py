@@ -29,7 +29,7 @@ from transformers import SwinConfig, SwinForImageClassification
 
 from hfvision.models.resnet_cifar import ResNetCifarConfig, ResNetCifarForImageClassification
 from hfvision.models.scratch_vit import ScratchViTConfig, ScratchViTForImageClassification
-from hfvision.models.module_tree import NORM_TYPES, find_stages
+from hfvision.models.module_tree import NORM_LAYERS, find_stages
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _last_stage(model: nn.Module) -> nn.Module:
 
 
 def _first_norm(module: nn.Module) -> nn.Module:
-    return next(m for m in module.modules() if isinstance(m, NORM_TYPES))
+    return next(m for m in module.modules() if isinstance(m, NORM_LAYERS))
 
 
 def _timm_layer(model: nn.Module) -> ExplainLayer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm2d)
+NORM_LAYERS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm2d)
 
 
 def find_classifier(model: nn.Module) -> nn.Module:
@@ -49,7 +49,7 @@ def find_final_norm(model: nn.Module, stages_name: str, classifier: nn.Module) -
     names = [name for name, _ in model.named_modules()]
     after = names.index(stages_name)
     candidates = [m for name, m in list(model.named_modules())[after:]
-                  if isinstance(m, NORM_TYPES) and not name.startswith(stages_name + ".") and id(m) not in head_ids]
+                  if isinstance(m, NORM_LAYERS) and not name.startswith(stages_name + ".") and id(m) not in head_ids]
     return candidates[-1] if candidates else None
 
 
