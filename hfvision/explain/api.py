@@ -71,8 +71,6 @@ def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradca
              constant_norm_scale: bool = True) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """(heat maps (B, H, W), predicted/explained class ids, normalised pixels) for uint8 images.
     ``constant_norm_scale=False`` gives plain gradients through LayerNorms (see ``hfvision.explain.gradcam``)."""
-    if method not in METHODS:
-        raise HfvisionError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
     heat, classes = explain_pixels(model, pixels, method, target, constant_norm_scale)
