@@ -107,7 +107,7 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
     split_data, names = load_eval_split(data, split, built.spec.decode_size, max_samples, on_bad_image="skip",
                                          crop_pct=built.spec.crop_pct)
     model_names = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
-    return split_data.pixels, split_data.labels if names == model_names else None
+    return split_data.pixels[:], split_data.labels if names == model_names else None
 
 
 def _latency(torch_model, onnx_model: OnnxClassifier, image_size: int) -> dict:

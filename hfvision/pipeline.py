@@ -17,6 +17,7 @@ in the test evaluation, and trackers are closed last (``end_training`` destroys 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,12 +88,19 @@ def _fit(recipe: Recipe, run_dir: Path) -> dict:
 
 
 def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> ImageData:
-    """Splits (the main process first, so a download or cache build happens once), decoded at the spec."""
+    """Splits (the main process first, so a download or cache build happens once), each decoded once into its
+    store at the spec (built by the first process to need it, reused after), timed as the data stage."""
+    started = time.perf_counter()
     with accelerator.main_process_first():
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
     data = decode_splits(splits, image_column, label_column, spec.decode_size, label_names, recipe.data.on_bad_image,
-                         spec.crop_pct)
+                         spec.crop_pct, recipe.data.decode_workers, accelerator.print)
+    data.seconds = time.perf_counter() - started
+    for name, split in data.splits().items():
+        record = split.store
+        accelerator.print(f"data: {name} store {'built' if record.built else 'reused'} in {record.seconds:.1f} s, "
+                          f"{record.images} images at {record.side} px, {record.path}")
     if data.skipped:  # data.on_bad_image=skip
         accelerator.print(f"data: skipped {len(data.skipped)} unreadable image(s): {'; '.join(data.skipped[:3])}"
                           + (" ..." if len(data.skipped) > 3 else ""))
@@ -286,7 +294,8 @@ def _run_metrics(test: dict, state: TrainerState, recovered_from: str | None, ca
                          "epochs": len(state.history), "seconds": state.elapsed_seconds,
                          "time_budget_spent": state.budget_spent},
             "data": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test),
-                     "skipped_images": len(data.skipped), "skipped": data.skipped}}
+                     "skipped_images": len(data.skipped), "skipped": data.skipped, "seconds": round(data.seconds, 3),
+                     "stores": {name: split.store.as_dict() for name, split in data.splits().items() if split.store}}}
 
 
 def _flat_hparams(recipe: Recipe) -> dict:

@@ -7,6 +7,7 @@ from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 
 import hfvision.training.feature_cache as feature_cache
+from hfvision.data import store as image_store
 from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import decode_splits, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
@@ -35,6 +36,11 @@ NO_AUGMENT = AugmentRecipe(random_crop_padding=0, horizontal_flip=False)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HFVISION_CACHE", str(tmp_path / "feature_cache"))
     return tmp_path / "feature_cache"
+
+
+def entries(cache_dir):
+    """The feature-cache entries (the decoded-image stores live beside them, in stores/)."""
+    return [path for path in cache_dir.iterdir() if path.name != "stores"]
 
 
 def tiny_model(name="scratch_vit", config=None, tuning="head_only", seed=0):
@@ -166,6 +172,7 @@ CHANGES = {  # one per input of the cache key
     "views_seed": {"seed": 1},
     "precision": {"precision": "bf16"},
     "format_version": {},  # changed below
+    "preprocessing_version": {},  # changed below
 }
 
 
@@ -185,7 +192,7 @@ def test_each_input_of_the_key_invalidates_the_cache(changed, tmp_path, cache_di
     counter = Counting(model)
     first = cached(tmp_path, model, BASE)
     calls = counter.calls
-    assert calls > 0 and len(list(cache_dir.iterdir())) == 1
+    assert calls > 0 and len(list(entries(cache_dir))) == 1
     torch.testing.assert_close(cached(tmp_path, model, BASE), first, rtol=0, atol=0)  # a hit: read, not run
     assert counter.calls == calls
     if changed == "frozen_weights":
@@ -193,9 +200,11 @@ def test_each_input_of_the_key_invalidates_the_cache(changed, tmp_path, cache_di
             next(p for name, p in model.named_parameters() if not name.startswith("classifier")).view(-1)[0] += 1e-3
     if changed == "format_version":
         monkeypatch.setattr(feature_cache, "FORMAT_VERSION", feature_cache.FORMAT_VERSION + 1)
+    if changed == "preprocessing_version":  # decoding or resizing code changed: an older entry is never served
+        monkeypatch.setattr(image_store, "PREPROCESSING_VERSION", image_store.PREPROCESSING_VERSION + 1)
     cached(tmp_path, model, {**BASE, **CHANGES[changed]})
     assert counter.calls > calls, "a changed input must recompute the features"
-    assert len(list(cache_dir.iterdir())) == 2
+    assert len(list(entries(cache_dir))) == 2
 
 
 def test_the_heads_weights_and_the_run_seed_without_views_do_not_invalidate(tmp_path, cache_dir):
@@ -207,7 +216,7 @@ def test_the_heads_weights_and_the_run_seed_without_views_do_not_invalidate(tmp_
     with torch.no_grad():
         model.classifier.weight.add_(1.0)
     cached(tmp_path, model, {**exact, "seed": 5})
-    assert counter.calls == calls and len(list(cache_dir.iterdir())) == 1
+    assert counter.calls == calls and len(list(entries(cache_dir))) == 1
 
 
 def test_bf16_features_are_computed_under_autocast(tmp_path):
@@ -366,7 +375,7 @@ def test_two_processes_each_compute_a_share_and_store_the_same_features(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["feature_cache"]["enabled"]
     stored = {json.loads((entry / "meta.json").read_text())["split"]: load_file(entry / "features.safetensors")["features"]
-              for entry in cache_dir.iterdir()}
+              for entry in entries(cache_dir)}
     recipe = load_recipe(None, overrides)
     built = build_model(recipe.model, resolve_input_spec(recipe.model, recipe.data), LABELS)
     splits, image_column, label_column, names = split_dataset(load_raw("synthetic"), recipe.data, recipe.seed)

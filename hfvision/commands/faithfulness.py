@@ -61,7 +61,7 @@ def run(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     built = load_model_for_inference(args.model, device)
     split, label_names = _images(args, built.spec)
-    result = measure_faithfulness(built.model, built.spec, split.pixels, split.labels, rows, args.steps, args.seed,
+    result = measure_faithfulness(built.model, built.spec, split.pixels[:], split.labels, rows, args.steps, args.seed,
                                   args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     table = faithfulness_markdown(result)

@@ -42,8 +42,11 @@ class UnreadableImage(HfvisionError):
     """An image file or value that does not decode; the message names it and says why."""
 
 
-def _open(source) -> Image.Image:
-    """A loaded PIL image from any of ``load_rgb``'s sources (``Image.open`` is lazy: ``load`` decodes)."""
+def _open(source, draft_size: int | None = None) -> Image.Image:
+    """A loaded PIL image from any of ``load_rgb``'s sources (``Image.open`` is lazy: ``load`` decodes). With
+    ``draft_size``, a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4, 1/8) that leaves both sides at
+    least ``draft_size``: a 2000x1500 photo for a 224 px model decodes at 500x375, several times faster and in a
+    sixteenth of the memory."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
@@ -63,11 +66,13 @@ def _open(source) -> Image.Image:
         if path.stat().st_size == 0:
             raise OSError("empty file")
         image = Image.open(path)
+    if draft_size is not None and image.format == "JPEG":
+        image.draft(None, (draft_size, draft_size))
     image.load()
     return image
 
 
-def _reason(exc: Exception) -> str:
+def unreadable_reason(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file PIL can read"
     if isinstance(exc, Image.DecompressionBombError):
@@ -103,12 +108,13 @@ def _describe(source) -> str:
     return "image"
 
 
-def load_rgb(source, name: str | None = None) -> np.ndarray:
-    """``source`` (path, bytes, datasets image value, PIL image or array) as uint8 RGB (H, W, 3).
+def load_rgb(source, name: str | None = None, draft_size: int | None = None) -> np.ndarray:
+    """``source`` (path, bytes, datasets image value, PIL image or array) as uint8 RGB (H, W, 3); a JPEG at the
+    smallest DCT scale whose sides are all at least ``draft_size``, when given.
 
     Raises ``UnreadableImage`` naming ``name`` (default: the path, when there is one) and the reason."""
     try:
-        image = _open(source)
+        image = _open(source, draft_size)
         image = ImageOps.exif_transpose(image)
         array = to_rgb_array(image)
     except UnreadableImage as exc:
@@ -116,7 +122,7 @@ def load_rgb(source, name: str | None = None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
         # PIL signals bad files with these: OSError (truncated, unidentified), SyntaxError (broken headers),
         # ValueError/TypeError (modes or arrays it cannot convert)
-        raise UnreadableImage(f"{name or _describe(source)}: {_reason(exc)}") from None
+        raise UnreadableImage(f"{name or _describe(source)}: {unreadable_reason(exc)}") from None
     return array if array.flags.writeable else array.copy()  # np.asarray of a PIL image is read-only
 
 
@@ -132,17 +138,40 @@ def resize_rgb(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return x.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
 
 
+def _scale_size(size: int, crop_pct: float) -> int:
+    """The shorter side timm resizes to before its centre crop of ``size``."""
+    return math.floor(size / crop_pct)
+
+
+def output_side(height: int, width: int, size: int, crop_pct: float | None = None) -> int:
+    """The side of ``fit_to_input``'s (always square) result for an image of ``height`` x ``width``, known from the
+    header alone: a store sizes its file before anything is decoded."""
+    if crop_pct is None:
+        return size if max(height, width) > size or height != width else height
+    scale_size = _scale_size(size, crop_pct)
+    if min(height, width) > scale_size:
+        return size
+    return max(1, round(min(height, width) * size / scale_size))
+
+
+def draft_size(size: int, crop_pct: float | None = None) -> int:
+    """The smallest side a decode may reduce an image to and still give ``fit_to_input`` what it needs."""
+    return size if crop_pct is None else _scale_size(size, crop_pct)
+
+
 def fit_to_input(array: np.ndarray, size: int, crop_pct: float | None = None) -> np.ndarray:
     """The resize policy at decode time (``InputSpec``), so that memory per image is bounded by ``size``.
 
     With ``crop_pct`` (timm's eval transform): an image whose shorter side exceeds ``floor(size / crop_pct)`` is
     resized to that shorter side and centre-cropped to ``size``, as timm does; a smaller one keeps its central
     square of the same fraction, at its own resolution (upsampled per batch). Without: an image larger than
-    ``size``, or not square, is squashed to (size, size); a square one no larger keeps its pixels."""
+    ``size``, or not square, is squashed to (size, size); a square one no larger keeps its pixels. The result is
+    square, of side ``output_side``."""
     height, width = array.shape[:2]
+    side = output_side(height, width, size, crop_pct)
     if crop_pct is None:
-        return resize_rgb(array, size) if max(height, width) > size or height != width else array
-    scale_size = math.floor(size / crop_pct)
+        return resize_rgb(array, size) if side != height or side != width else array
+    scale_size = _scale_size(size, crop_pct)
     if min(height, width) > scale_size:  # timm's order and torchvision's arithmetic: Resize, then CenterCrop
         short, long = min(height, width), max(height, width)
         long = int(scale_size * long / short)
@@ -150,15 +179,21 @@ def fit_to_input(array: np.ndarray, size: int, crop_pct: float | None = None) ->
         array = resize_rgb(array, (new_h, new_w))
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         return np.ascontiguousarray(array[top:top + size, left:left + size])
-    side = max(1, round(min(height, width) * size / scale_size))
     top, left = (height - side) // 2, (width - side) // 2
     return np.ascontiguousarray(array[top:top + side, left:left + side])
+
+
+def decode_fitted(source, size: int, crop_pct: float | None = None, name: str | None = None) -> np.ndarray:
+    """``source`` decoded (JPEG draft scaling down to ``draft_size``) and fitted by the resize policy: uint8
+    (s, s, 3) with s = ``output_side`` <= ``size``. Every path that turns a file into model pixels (the store,
+    predict, explain, the demo) goes through here."""
+    return fit_to_input(load_rgb(source, name, draft_size(size, crop_pct)), size, crop_pct)
 
 
 def load_pixels(source, size: int, name: str | None = None, crop_pct: float | None = None) -> torch.Tensor:
     """``source`` decoded and resized for a model of input ``size`` by the resize policy (``fit_to_input``):
     uint8 (1, 3, size, size)."""
-    array = resize_rgb(fit_to_input(load_rgb(source, name), size, crop_pct), size)
+    array = resize_rgb(decode_fitted(source, size, crop_pct, name), size)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].contiguous()
 
 

@@ -3,10 +3,10 @@
 Sources: ``synthetic`` (built in), a local directory ``load_dataset`` reads (Parquet/Arrow, image
 folders), or a Hub dataset id. Image and label columns are found from the features (``Image`` and
 ``ClassLabel``) unless named. The validation split is carved from train with a seeded, stratified split;
-the source's test split stays untouched. Images are decoded once, each by ``images.load_rgb`` (so an
-unreadable file is caught at that image, named by its path, else by split and index), to RGB uint8
-(N, 3, H, W) tensors; resizing to the model's size, normalising and augmenting happen per batch (see
-``transforms``). ``data.on_bad_image``: ``error`` stops at the first unreadable image with one line naming it;
+the source's test split stays untouched. Each split is decoded once into a decoded-image store
+(``hfvision.data.store``: in parallel, on disk, reused by later runs; an unreadable file is caught at that
+image, named by its path, else by split and index) and read back a batch at a time as RGB uint8 (B, 3, H, W);
+resizing to the model's size, normalising and augmenting happen per batch (see ``transforms``). ``data.on_bad_image``: ``error`` stops at the first unreadable image with one line naming it;
 ``skip`` drops it and lists it in ``ImageSplit.skipped``.
 """
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset as TorchDataset
 
-from hfvision.data.images import UnreadableImage, fit_to_input, load_rgb, resize_rgb
+from hfvision.data.store import DecodePlan, StoredPixels, StoreRecord, open_store
 from hfvision.data.synthetic import load_synthetic
 from hfvision.errors import HfvisionError
 from hfvision.recipe import DataRecipe
@@ -31,19 +32,46 @@ TEST_SPLIT_NAMES = ("test", "testing")
 VAL_SPLIT_NAMES = ("validation", "valid", "val")
 
 
+class StoredSplit(TorchDataset):
+    """(pixels, label) pairs of a store; a batch is read in one call (``__getitems__``), so the DataLoader asks
+    the disk for the rows of its batch and nothing else."""
+
+    def __init__(self, pixels: StoredPixels, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.pixels[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        return [self.pixels.read_rows(np.asarray(indices, dtype=np.int64)), self.labels[indices]]
+
+
+def _as_batch(batch):
+    """``StoredSplit.__getitems__`` gives the batch whole; the DataLoader has nothing left to collate."""
+    return batch
+
+
 @dataclass
 class ImageSplit:
-    """Decoded images of one split: ``pixels`` uint8 (N, 3, H, W), ``labels`` int64 (N,), and ``skipped``:
-    the images ``data.on_bad_image=skip`` dropped, each as "name: reason"."""
+    """Decoded images of one split: ``pixels`` uint8 (N, 3, H, W), a tensor or a store's ``StoredPixels``,
+    ``labels`` int64 (N,), ``skipped``: the images ``data.on_bad_image=skip`` dropped, each as "name: reason",
+    and ``store``: what the store did (built or reused, where, how long)."""
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | StoredPixels
     labels: torch.Tensor
     skipped: list[str] = field(default_factory=list)
+    store: StoreRecord | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def loader(self, batch_size: int, shuffle: bool) -> DataLoader:
+        if isinstance(self.pixels, StoredPixels):
+            return DataLoader(StoredSplit(self.pixels, self.labels), batch_size=batch_size, shuffle=shuffle,
+                              collate_fn=_as_batch)
         return DataLoader(TensorDataset(self.pixels, self.labels), batch_size=batch_size, shuffle=shuffle)
 
 
@@ -53,11 +81,15 @@ class ImageData:
     validation: ImageSplit
     test: ImageSplit
     label_names: list[str]
+    seconds: float = 0.0  # the data stage: splitting, and building or reusing the stores
 
     @property
     def skipped(self) -> list[str]:
         """Every image ``data.on_bad_image=skip`` dropped, as "name: reason": train, validation, then test."""
         return self.train.skipped + self.validation.skipped + self.test.skipped
+
+    def splits(self) -> dict[str, ImageSplit]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
 def load_raw(dataset: str) -> DatasetDict:
@@ -105,40 +137,17 @@ def find_columns(features, image_column: str | None, label_column: str | None) -
     return image_column, label_column
 
 
-def _image_name(value: dict, split: str, index: int) -> str:
-    """A file read from disk is named by its path; an image stored in the dataset by split and index."""
-    if value.get("bytes") is None and value.get("path"):
-        return value["path"]
-    return f"{split}[{index}]" + (f" ({value['path']})" if value.get("path") else "")
-
-
 def decode_split(ds: Dataset, image_column: str, label_column: str, size: int | None,
-                 on_bad_image: str = "error", split: str = "data", crop_pct: float | None = None) -> ImageSplit:
-    """Decode every image once to RGB uint8, by the resize policy (``fit_to_input``: ``crop_pct``, then at most
-    ``size``); images left with different sizes go to ``size``. An unreadable image stops here
-    (``on_bad_image="error"``) or is dropped and listed (``"skip"``)."""
-    encoded = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False))  # we decode
-    values = (value for batch in encoded.iter(batch_size=256) for value in batch[image_column])  # {"bytes", "path"}
-    arrays, kept, skipped = [], [], []
-    for index, value in enumerate(values):
-        try:
-            array = load_rgb(value, _image_name(value, split, index))
-            arrays.append(array if size is None else fit_to_input(array, size, crop_pct))
-            kept.append(index)
-        except UnreadableImage as exc:
-            if on_bad_image == "error":
-                raise HfvisionError(f"data: unreadable image {exc} (data.on_bad_image=skip drops such images)") from None
-            skipped.append(str(exc))
-    if skipped and not arrays:
-        raise HfvisionError(f"data: all {len(skipped)} images of the {split} split are unreadable, e.g. {skipped[0]}")
-    if len({a.shape for a in arrays}) > 1:
-        if size is None:
-            raise HfvisionError("data.image_size: images have different sizes; set data.image_size")
-        arrays = [resize_rgb(a, size) for a in arrays]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    all_labels = ds[label_column][:]  # a list (indexing the Column one item at a time is slow)
-    labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.long)
-    return ImageSplit(pixels, labels, skipped)
+                 on_bad_image: str = "error", split: str = "data", crop_pct: float | None = None,
+                 workers: int | None = None, log=print) -> ImageSplit:
+    """The split's images decoded once into its store (``hfvision.data.store``: built in ``workers`` processes,
+    or reused), by the resize policy (``fit_to_input``: ``crop_pct``, then at most ``size``); images left with
+    different sizes go to ``size``. An unreadable image stops here (``on_bad_image="error"``) or is dropped and
+    listed (``"skip"``)."""
+    labels = ds[label_column][:]  # a list (indexing the Column one item at a time is slow)
+    plan = DecodePlan(size, crop_pct, on_bad_image, workers)
+    pixels, kept_labels, skipped, record = open_store(ds, image_column, labels, plan, split, log=log)
+    return ImageSplit(pixels, kept_labels, skipped, record)
 
 
 def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -224,9 +233,11 @@ def _stratified_split(train: Dataset, fraction: float, label_column: str, seed: 
 
 
 def decode_splits(splits: DatasetDict, image_column: str, label_column: str, decode_size: int | None,
-                  label_names: list[str], on_bad_image: str = "error", crop_pct: float | None = None) -> ImageData:
-    """Decode the train/validation/test splits of ``split_dataset`` once, to uint8 tensors."""
-    decoded = {name: decode_split(ds, image_column, label_column, decode_size, on_bad_image, name, crop_pct)
+                  label_names: list[str], on_bad_image: str = "error", crop_pct: float | None = None,
+                  workers: int | None = None, log=print) -> ImageData:
+    """The train/validation/test splits of ``split_dataset``, each decoded once into its store."""
+    decoded = {name: decode_split(ds, image_column, label_column, decode_size, on_bad_image, name, crop_pct,
+                                  workers, log)
                for name, ds in splits.items()}
     return ImageData(decoded["train"], decoded["validation"], decoded["test"], label_names)
 

@@ -29,7 +29,8 @@ def write_run_artifacts(run_dir: Path, recipe, metrics: dict, model, image_size:
                    trainable_parameters=trainable, trainable_share=trainable / profile["parameters"])
     _add_training_flops(metrics, profile["flops_per_image"])
     metrics = {**metrics, "model": profile,
-               "timing": _timing(model, image_size, metrics["history"], recipe.eval.latency_batch_size),
+               "timing": {**_timing(model, image_size, metrics["history"], recipe.eval.latency_batch_size),
+                          "data_seconds": metrics.get("data", {}).get("seconds")},
                "environment": environment(), "seed": recipe.seed}
     write_json_atomic(run_dir / "metrics.json", metrics)
     label_names = list(metrics["test"]["per_class"])

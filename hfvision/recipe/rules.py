@@ -60,7 +60,7 @@ def _validate_model(m: ModelRecipe) -> None:
 
 def _validate_data(d: DataRecipe) -> None:
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction: expected a number in (0, 1), got {d.val_fraction}")
-    for key in ("max_train_samples", "max_eval_samples", "image_size"):
+    for key in ("max_train_samples", "max_eval_samples", "image_size", "decode_workers"):
         value = getattr(d, key)
         _require(value is None or value > 0, f"data.{key}: expected a positive integer or null, got {value}")
     for key in ("mean", "std"):

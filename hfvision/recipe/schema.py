@@ -101,6 +101,9 @@ class DataRecipe:
     """Per-channel normalisation std (three positive numbers); null: the image processor's."""
     on_bad_image: str = "error"
     """An unreadable image: ``error`` stops naming it, ``skip`` drops it and lists it in metrics.json."""
+    decode_workers: Optional[int] = None
+    """Processes that decode the images into the decoded-image store when it is built (later runs reuse the store
+    and decode nothing); null: one per core this process may use."""
     classes: Optional[list] = None
     """Train on these classes only (names or ids), relabelled 0..n-1 in the order given; null: all."""
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)

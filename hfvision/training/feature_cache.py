@@ -47,6 +47,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from hfvision.accelerator import main_process_says
 from hfvision.data.sources import ImageData
+from hfvision.data import store as image_store
+from hfvision.data.store import StoredPixels
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import atomic_directory, write_json_atomic
@@ -164,10 +166,14 @@ def frozen_part_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def pixels_digest(pixels: torch.Tensor) -> str:
-    """Hash of a split's decoded uint8 images (N, 3, H, W), in order."""
+def pixels_digest(pixels: torch.Tensor | StoredPixels) -> str:
+    """Hash of a split's decoded uint8 images (N, 3, H, W), in order: a store's is its pixel file's checksum (its
+    manifest has it), so a cache lookup reads no pixels."""
     digest = hashlib.sha256()
-    _hash_tensor(digest, pixels)
+    if isinstance(pixels, StoredPixels):
+        digest.update(f"store:{tuple(pixels.shape)}:{pixels.content_sha256}".encode())
+    else:
+        _hash_tensor(digest, pixels)
     return digest.hexdigest()
 
 
@@ -177,6 +183,7 @@ def features_fingerprint(*, frozen_part: str, pixels: str, preprocessor: BatchPr
     augment = preprocessor.augment
     key = {
         "format": FORMAT_VERSION,
+        "preprocessing": image_store.PREPROCESSING_VERSION,
         "frozen_part": frozen_part,
         "pixels": pixels,
         "input": asdict(preprocessor.spec),  # the model's input size, mean and std
@@ -257,7 +264,8 @@ def load_or_compute_features(model: nn.Module, pixels: torch.Tensor, preprocesso
             write_json_atomic(tmp / "meta.json", {"split": label, "shape": list(features.shape),
                                                   "dtype": str(features.dtype), "sha256": _tensor_sha256(features),
                                                   "views": views, "precision": accelerator.mixed_precision,
-                                                  "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                                  "format": FORMAT_VERSION, "preprocessing": image_store.PREPROCESSING_VERSION,
+        "preprocessing": image_store.PREPROCESSING_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
     accelerator.wait_for_everyone()
     accelerator.print(f"feature cache: {label} features {tuple(features.shape)} computed in "
                       f"{time.perf_counter() - start:.1f}s, stored in {entry}")
@@ -279,6 +287,9 @@ def _read_entry(entry: Path, expected_shape: tuple[int, int]) -> tuple[torch.Ten
         return None, f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     if not isinstance(meta, dict) or "sha256" not in meta:
         return None, "meta.json has no checksum"
+    if meta.get("preprocessing") != image_store.PREPROCESSING_VERSION:
+        return None, (f"made from pixels of another hfvision (preprocessing version {meta.get('preprocessing')}, "
+                      f"this one {image_store.PREPROCESSING_VERSION})")
     if tuple(features.shape[:2]) != expected_shape or list(features.shape) != meta.get("shape"):
         return None, f"shape {tuple(features.shape)}, expected {meta.get('shape')} for {expected_shape[1]} images"
     if str(features.dtype) != meta.get("dtype") or _tensor_sha256(features) != meta["sha256"]:
