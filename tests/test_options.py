@@ -694,11 +694,12 @@ def test_the_resized_crop_key_changes_the_training_batches_reproducibly():
         augment = load_recipe(None, ["data.augment.random_crop_padding=0", *overrides]).data.augment
         return BatchPreprocessor(spec, augment)(images, labels, train=True, generator=torch.Generator().manual_seed(seed))[0]
 
-    on = ["data.augment.random_resized_crop=true", "data.augment.random_resized_crop_scale=[0.3,0.6]"]
+    on = ["data.augment.random_resized_crop=true", "data.augment.random_resized_crop_scale=[0.3,0.6]",
+          "data.augment.random_resized_crop_ratio=[0.5,2.0]"]
     assert not torch.equal(batch(on, 1), batch([], 1))
     assert torch.equal(batch(on, 1), batch(on, 1)) and not torch.equal(batch(on, 1), batch(on, 2))
     replay = torch.Generator().manual_seed(1)  # the documented order: the boxes, then the flips
-    boxes = [random_resized_crop_box(16, 16, [0.3, 0.6], [3 / 4, 4 / 3], replay) for _ in range(6)]
+    boxes = [random_resized_crop_box(16, 16, [0.3, 0.6], [0.5, 2.0], replay) for _ in range(6)]
     flips = torch.rand(6, generator=replay) < 0.5
     cropped = crop_and_resize_back(images, boxes)
     expected = torch.where(flips[:, None, None, None], cropped.flip(-1), cropped)
