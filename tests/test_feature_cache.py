@@ -219,6 +219,18 @@ def test_the_heads_weights_and_the_run_seed_without_views_do_not_invalidate(tmp_
     assert counter.calls == calls and len(list(entries(cache_dir))) == 1
 
 
+def test_the_resized_crop_settings_are_in_the_key_of_augmented_views():
+    def key(**augment):
+        preprocessor = BatchPreprocessor(InputSpec(32, (0.5,) * 3, (0.5,) * 3),
+                                         AugmentRecipe(random_crop_padding=0, **augment))
+        return feature_cache.features_fingerprint(frozen_part="f", pixels="p", preprocessor=preprocessor,
+                                                  precision="no", views=2, seed=0)
+
+    keys = [key(), key(random_resized_crop=True), key(random_resized_crop=True, random_resized_crop_scale=[0.5, 1.0]),
+            key(random_resized_crop=True, random_resized_crop_ratio=[1.0, 1.0])]
+    assert len(set(keys)) == 4
+
+
 def test_bf16_features_are_computed_under_autocast(tmp_path):
     model = tiny_model().model
     preprocessor = BatchPreprocessor(tiny_model().spec, NO_AUGMENT)
@@ -246,11 +258,18 @@ def test_auto_uses_the_cache_only_when_exact_or_views_are_asked_for():
     assert not plan_feature_cache(load_recipe(None, head_only + no_augment + ["train.feature_cache=off"])).enabled
     mixup = plan_feature_cache(load_recipe(None, head_only + no_augment + ["data.augment.mixup_alpha=0.2"]))
     assert not mixup.enabled and "mixup" in mixup.reason
+    resized_crop = head_only + no_augment + ["data.augment.random_resized_crop=true"]
+    assert not plan_feature_cache(load_recipe(None, resized_crop)).enabled  # a random augmentation like the others
+    assert "(random resized crop)" in plan_feature_cache(load_recipe(None, resized_crop)).reason
+    assert plan_feature_cache(load_recipe(None, resized_crop + ["data.cached_views=3"])).views == 3
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.feature_cache=on"], "train.feature_cache: caches the frozen backbone of model.tuning: head_only runs"),
     (["model.tuning=head_only", "train.feature_cache=on"], "needs data.cached_views: K"),
+    (["model.tuning=head_only", "train.feature_cache=on", "data.augment.random_crop_padding=0",
+      "data.augment.horizontal_flip=false", "data.augment.random_resized_crop=true"],
+     "train.feature_cache: on with random train-time augmentation (random resized crop"),
     (["model.tuning=head_only", "train.feature_cache=on", "data.cached_views=2", "data.augment.cutmix_alpha=1"],
      "mixup/cutmix"),
     (["model.tuning=head_only", "data.cached_views=2", "data.augment.random_crop_padding=0",

@@ -25,6 +25,7 @@ from conftest import tiny_recipe_overrides
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms as v1_transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -32,7 +33,7 @@ from hfvision import pipeline
 from hfvision.accelerator import make_accelerator
 from hfvision.data.sources import load_raw, split_dataset
 from hfvision.data.synthetic import CLASSES
-from hfvision.data.transforms import BatchPreprocessor
+from hfvision.data.transforms import BatchPreprocessor, crop_and_resize_back, random_resized_crop_box
 from hfvision.errors import RecipeError
 from hfvision.evaluation.profile import inference_latency
 from hfvision.models.factory import build_model, resolve_input_spec
@@ -623,6 +624,86 @@ def test_crop_padding_and_flip_follow_the_recipe(padding, flip):
         torch.testing.assert_close(out[i], expected)
     eval_out, _ = prep(images, torch.zeros(8, dtype=torch.long), train=False)
     torch.testing.assert_close(eval_out, images.float() / 255)  # evaluation never augments
+
+
+RESIZED_CROP_CASES = {  # (image height, width, scale, ratio)
+    "defaults": (10, 14, [0.08, 1.0], [3 / 4, 4 / 3]),
+    "wide_ratios": (9, 9, [0.5, 1.0], [0.2, 5.0]),
+    "too_wide_fallback": (8, 20, [0.9, 1.0], [3.0, 4.0]),  # no box of ratio >= 3 fits: every try fails
+    "too_tall_fallback": (20, 8, [0.9, 1.0], [0.25, 0.3]),
+}
+
+
+@pytest.mark.parametrize("case", RESIZED_CROP_CASES)
+def test_resized_crop_boxes_are_torchvisions_draw_for_draw(case):
+    height, width, scale, ratio = RESIZED_CROP_CASES[case]
+    for seed in range(300):
+        torch.manual_seed(seed)  # torchvision draws from the global RNG, the sampler from the batch generator
+        expected = v1_transforms.RandomResizedCrop.get_params(torch.zeros(3, height, width), scale, ratio)
+        assert random_resized_crop_box(height, width, scale, ratio, torch.Generator().manual_seed(seed)) == expected
+
+
+@pytest.mark.parametrize("case, box", [("too_wide_fallback", (0, 0, 7, 20)), ("too_tall_fallback", (0, 1, 20, 6))])
+def test_resized_crop_falls_back_to_the_central_crop_of_the_nearest_ratio(case, box):
+    height, width, scale, ratio = RESIZED_CROP_CASES[case]  # 20 / 3 -> 7 rows, centred; 20 * 0.3 -> 6 columns
+    generator = torch.Generator().manual_seed(0)
+    assert {random_resized_crop_box(height, width, scale, ratio, generator) for _ in range(50)} == {box}
+
+
+def test_resized_crop_boxes_lie_in_the_image_with_their_area_and_ratio_in_range():
+    generator, boxes = torch.Generator().manual_seed(0), []
+    for _ in range(2000):
+        top, left, height, width = random_resized_crop_box(60, 80, [0.2, 0.6], [0.5, 2.0], generator)
+        assert 0 <= top and top + height <= 60 and 0 <= left and left + width <= 80
+        boxes.append((height, width))
+    heights, widths = np.array(boxes, dtype=float).T
+    areas, ratios = heights * widths / (60 * 80), widths / heights
+    rounding = (heights + widths) / (60 * 80)  # w and h are rounded to whole pixels
+    assert (areas >= 0.2 - rounding).all() and (areas <= 0.6 + rounding).all()
+    assert (ratios >= 0.5 * (1 - 1 / heights) ** 2).all() and (ratios <= 2.0 * (1 + 1 / heights) ** 2).all()
+    assert areas.min() < 0.25 and areas.max() > 0.55 and ratios.min() < 0.6 and ratios.max() > 1.7
+
+
+def test_full_square_resized_crop_is_the_identity():
+    images = distinct_images()
+    augment = AugmentRecipe(random_crop_padding=0, horizontal_flip=False, random_resized_crop=True,
+                            random_resized_crop_scale=[1.0, 1.0], random_resized_crop_ratio=[1.0, 1.0])
+    out, _ = BatchPreprocessor(IDENTITY, augment)(images, torch.zeros(8, dtype=torch.long), train=True,
+                                                  generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out, images.float() / 255, rtol=0, atol=0)
+
+
+def test_a_known_box_is_cropped_and_resized_back_as_torchvision_does():
+    images = distinct_images(3, 12)
+    boxes = [(2, 3, 5, 7), (0, 0, 12, 12), (1, 4, 11, 8)]  # upscaled, untouched, and shrunk along one side
+    out = crop_and_resize_back(images, boxes)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    for image, box, crop in zip(images, boxes, out):
+        assert torch.equal(crop, TF.resized_crop(image, *box, [12, 12], antialias=True))
+        top, left, height, width = box
+        in_float = F.interpolate(image[None, :, top:top + height, left:left + width].float(), size=(12, 12),
+                                 mode="bilinear", align_corners=False, antialias=True)[0]
+        assert (crop.float() - in_float).abs().max() <= 1.0  # uint8 rounding of the float reference
+
+
+def test_the_resized_crop_key_changes_the_training_batches_reproducibly():
+    images, labels = distinct_images(6, 16), torch.zeros(6, dtype=torch.long)
+    spec = InputSpec(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    def batch(overrides, seed):
+        augment = load_recipe(None, ["data.augment.random_crop_padding=0", *overrides]).data.augment
+        return BatchPreprocessor(spec, augment)(images, labels, train=True, generator=torch.Generator().manual_seed(seed))[0]
+
+    on = ["data.augment.random_resized_crop=true", "data.augment.random_resized_crop_scale=[0.3,0.6]",
+          "data.augment.random_resized_crop_ratio=[0.5,2.0]"]
+    assert not torch.equal(batch(on, 1), batch([], 1))
+    assert torch.equal(batch(on, 1), batch(on, 1)) and not torch.equal(batch(on, 1), batch(on, 2))
+    replay = torch.Generator().manual_seed(1)  # the documented order: the boxes, then the flips
+    boxes = [random_resized_crop_box(16, 16, [0.3, 0.6], [0.5, 2.0], replay) for _ in range(6)]
+    flips = torch.rand(6, generator=replay) < 0.5
+    cropped = crop_and_resize_back(images, boxes)
+    expected = torch.where(flips[:, None, None, None], cropped.flip(-1), cropped)
+    torch.testing.assert_close(batch(on, 1), BatchPreprocessor(spec).resize_and_normalize(expected))
 
 
 @pytest.mark.parametrize("name", [None, "randaugment", "trivialaugment"])

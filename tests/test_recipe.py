@@ -48,6 +48,25 @@ def test_integer_accepted_where_number_expected():
     (["hub.push=true"], "hub.repo_id: required when hub.push is true"),
     (["train.ema_decay=1.0"], "train.ema_decay: expected a number in (0, 1) or null"),
     (["epochs"], "override 'epochs': expected key=value"),
+    (["data.augment.random_resized_crop=true"],
+     "data.augment.random_resized_crop: an alternative to the pad-and-crop of data.augment.random_crop_padding (4), "
+     "not an addition; set data.augment.random_crop_padding: 0"),
+    (["data.augment.random_resized_crop_scale=[0.5,1]"],
+     "data.augment.random_resized_crop_scale: only used with data.augment.random_resized_crop: true"),
+    (["data.augment.random_resized_crop_ratio=[1,1]"],
+     "data.augment.random_resized_crop_ratio: only used with data.augment.random_resized_crop: true"),
+    (["data.augment.random_resized_crop_scale=[0.5]"], "data.augment.random_resized_crop_scale: expected two "
+                                                        "numbers [lo, hi] with 0 < lo <= hi <= 1, got [0.5]"),
+    (["data.augment.random_resized_crop_scale=[0,1]"], "random_resized_crop_scale: expected two numbers"),
+    (["data.augment.random_resized_crop_scale=[0.9,0.5]"], "random_resized_crop_scale: expected two numbers"),
+    (["data.augment.random_resized_crop_scale=[0.5,1.5]"], "random_resized_crop_scale: expected two numbers"),
+    (["data.augment.random_resized_crop_scale=[0.5,.nan]"], "random_resized_crop_scale: expected two numbers"),
+    (["data.augment.random_resized_crop_scale=[a,b]"], "random_resized_crop_scale: expected two numbers"),
+    (["data.augment.random_resized_crop_ratio=[1,2,3]"], "data.augment.random_resized_crop_ratio: expected two "
+                                                         "numbers [lo, hi] with 0 < lo <= hi, got [1, 2, 3]"),
+    (["data.augment.random_resized_crop_ratio=[-1,1]"], "random_resized_crop_ratio: expected two numbers"),
+    (["data.augment.random_resized_crop_ratio=[2,1]"], "random_resized_crop_ratio: expected two numbers"),
+    (["data.augment.random_resized_crop_ratio=[1,.inf]"], "random_resized_crop_ratio: expected two numbers"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(RecipeError) as info:

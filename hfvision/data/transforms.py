@@ -1,18 +1,21 @@
 """Per-batch preprocessing on the device: augment uint8 images, resize to the model's size, normalise.
 
 Images arrive as uint8 (B, 3, h, w) at their stored size (32x32 for CIFAR). Train-time augmentation runs
-at the stored size (random crop with padding, horizontal flip, RandAugment/TrivialAugment per sample),
-then the batch is normalised with the processor's mean/std and resized to the model's input size.
+at the stored size (a random resized crop or a random crop with padding, horizontal flip,
+RandAugment/TrivialAugment per sample), then the batch is normalised with the processor's mean/std and resized
+to the model's input size.
 MixUp/CutMix act on (images, labels) after normalisation and return soft labels.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from hfvision.recipe import AugmentRecipe
 from hfvision.spec import InputSpec
@@ -26,6 +29,53 @@ def random_crop_with_padding(images: torch.Tensor, padding: int, generator: torc
     top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).tolist()
     left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).tolist()
     return torch.stack([image[:, t:t + height, l:l + width] for image, t, l in zip(padded, top, left)])
+
+
+def random_resized_crop_box(height: int, width: int, scale: list, ratio: list,
+                            generator: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of one random resized crop: torchvision's
+    ``RandomResizedCrop.get_params`` draw for draw, from ``generator`` instead of the global RNG. Up to 10 tries of
+    an area fraction uniform in ``scale`` and an aspect ratio (w / h) log-uniform in ``ratio``, the first box that
+    fits placed uniformly; when none fits, the central crop of :func:`_fallback_box`."""
+    area, device = height * width, generator.device
+    log_ratio = torch.log(torch.tensor(ratio)).tolist()
+    for _ in range(10):
+        target_area = area * torch.empty(1, device=device).uniform_(scale[0], scale[1], generator=generator).item()
+        log_aspect = torch.empty(1, device=device).uniform_(log_ratio[0], log_ratio[1], generator=generator)
+        aspect_ratio = torch.exp(log_aspect).item()
+        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = torch.randint(0, height - crop_height + 1, (1,), generator=generator, device=device)
+            left = torch.randint(0, width - crop_width + 1, (1,), generator=generator, device=device)
+            return int(top), int(left), crop_height, crop_width
+    return _fallback_box(height, width, ratio)
+
+
+def _fallback_box(height: int, width: int, ratio: list) -> tuple[int, int, int, int]:
+    """torchvision's fallback: the whole image, narrowed (or lowered) to the nearest aspect ratio in ``ratio``,
+    centred."""
+    crop_height, crop_width = height, width
+    if width / height < min(ratio):
+        crop_height = int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        crop_width = int(round(height * max(ratio)))
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def random_resized_crop(images: torch.Tensor, scale: list, ratio: list, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, C, h, w) -> (B, C, h, w): one :func:`random_resized_crop_box` per image, drawn in batch order,
+    then :func:`crop_and_resize_back`."""
+    height, width = images.shape[-2:]
+    boxes = [random_resized_crop_box(height, width, scale, ratio, generator) for _ in range(images.shape[0])]
+    return crop_and_resize_back(images, boxes)
+
+
+def crop_and_resize_back(images: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """Each image's (top, left, height, width) box resized back to the batch's (h, w) by torchvision's
+    ``resized_crop`` (bilinear, antialiased; uint8 stays uint8), on the images' device."""
+    size = list(images.shape[-2:])
+    return torch.stack([TF.resized_crop(image, *box, size, antialias=True) for image, box in zip(images, boxes)])
 
 
 def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -127,6 +177,9 @@ class BatchPreprocessor:
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         generator = generator or torch.Generator(device="cpu").manual_seed(0)
+        if self.augment.random_resized_crop:
+            images = random_resized_crop(images, self.augment.random_resized_crop_scale,
+                                         self.augment.random_resized_crop_ratio, generator)
         if self.augment.random_crop_padding > 0:
             images = random_crop_with_padding(images, self.augment.random_crop_padding, generator)
         if self.augment.horizontal_flip:

@@ -94,6 +94,21 @@ def _validate_augment(a: AugmentRecipe, image_size: int | None) -> None:
              f"data.augment.auto_augment: '{a.auto_augment}' is not one of {', '.join(allowed)} or null")
     _require(a.mixup_alpha >= 0, f"data.augment.mixup_alpha: expected >= 0, got {a.mixup_alpha}")
     _require(a.cutmix_alpha >= 0, f"data.augment.cutmix_alpha: expected >= 0, got {a.cutmix_alpha}")
+    _validate_random_resized_crop(a)
+
+
+def _validate_random_resized_crop(a: AugmentRecipe) -> None:
+    defaults = AugmentRecipe()
+    for key, upper in (("random_resized_crop_scale", 1.0), ("random_resized_crop_ratio", math.inf)):
+        value, bounds = getattr(a, key), "0 < lo <= hi" + (" <= 1" if upper == 1.0 else "")
+        _require(len(value) == 2 and all(_is_finite_number(v) for v in value) and 0 < value[0] <= value[1] <= upper,
+                 f"data.augment.{key}: expected two numbers [lo, hi] with {bounds}, got {value}")
+        _require(a.random_resized_crop or value == getattr(defaults, key),
+                 f"data.augment.{key}: only used with data.augment.random_resized_crop: true")
+    _require(not (a.random_resized_crop and a.random_crop_padding > 0),
+             f"data.augment.random_resized_crop: an alternative to the pad-and-crop of "
+             f"data.augment.random_crop_padding ({a.random_crop_padding}), not an addition; set "
+             f"data.augment.random_crop_padding: 0")
 
 
 def _validate_train(t: TrainRecipe) -> None:
@@ -142,7 +157,8 @@ def _validate_run(recipe: Recipe) -> None:
 
 def random_train_augmentations(augment: AugmentRecipe) -> list[str]:
     """The recipe's random train-time augmentations that act on single images, by name."""
-    names = [("random crop", augment.random_crop_padding > 0), ("horizontal flip", augment.horizontal_flip),
+    names = [("random resized crop", augment.random_resized_crop), ("random crop", augment.random_crop_padding > 0),
+             ("horizontal flip", augment.horizontal_flip),
              (augment.auto_augment, augment.auto_augment is not None)]
     return [name for name, active in names if active]
 

@@ -64,7 +64,20 @@ class AugmentRecipe:
     """Train-time augmentation, applied per batch."""
 
     random_crop_padding: int = 4
-    """Pad by this many pixels, then crop back at a random offset; 0 turns the crop off."""
+    """Pad by this many pixels, then crop back at a random offset (the CIFAR-style crop); 0 turns the crop off.
+    An alternative to ``random_resized_crop``: a recipe sets one or the other, not both."""
+    random_resized_crop: bool = False
+    """The photo crop of timm and the transformers examples: per training image a box of an area fraction uniform
+    in ``random_resized_crop_scale`` and an aspect ratio log-uniform in ``random_resized_crop_ratio`` (torchvision's
+    ``RandomResizedCrop`` sampling, its central fallback crop after 10 tries), resized back to the stored size
+    (bilinear, antialiased) before the batch is resized to the model's. Needs ``random_crop_padding: 0``: the two
+    crops are alternatives, not a chain."""
+    random_resized_crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    """The crop's area as a fraction of the image's, [lo, hi] with 0 < lo <= hi <= 1 (``random_resized_crop``
+    only)."""
+    random_resized_crop_ratio: list = field(default_factory=lambda: [3 / 4, 4 / 3])
+    """The crop's aspect ratio (width / height), [lo, hi] with 0 < lo <= hi, drawn log-uniformly
+    (``random_resized_crop`` only)."""
     horizontal_flip: bool = True
     """Flip half the images left to right."""
     auto_augment: Optional[str] = None

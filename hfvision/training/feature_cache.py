@@ -181,6 +181,7 @@ def features_fingerprint(*, frozen_part: str, pixels: str, preprocessor: BatchPr
                          views: int | None, seed: int) -> str:
     """The cache key: digests of the frozen part and the pixels, plus every setting the features depend on."""
     augment = preprocessor.augment
+    resized_crop = {"random_resized_crop": [augment.random_resized_crop_scale, augment.random_resized_crop_ratio]}
     key = {
         "format": FORMAT_VERSION,
         "preprocessing": image_store.PREPROCESSING_VERSION,
@@ -190,7 +191,8 @@ def features_fingerprint(*, frozen_part: str, pixels: str, preprocessor: BatchPr
         "precision": precision,
         "views": None if views is None else {
             "count": views, "seed": seed, "random_crop_padding": augment.random_crop_padding,
-            "horizontal_flip": augment.horizontal_flip, "auto_augment": augment.auto_augment},
+            "horizontal_flip": augment.horizontal_flip, "auto_augment": augment.auto_augment,
+            **(resized_crop if augment.random_resized_crop else {})},  # keys of caches made before it unchanged
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
