@@ -6,19 +6,22 @@
     python scripts/benchmark.py --tuning-modes --batch-size 8 --steps 2   # each tuning mode on a ViT-B/32 shape
     python scripts/benchmark.py --usual-way recipes/studies/cpu_budget_cifar10/vit.yaml   # time-to-accuracy peer
     python scripts/benchmark.py --onnx runs/quickstart  # torch vs onnxruntime fp32 and int8
+    python scripts/benchmark.py --data-at-scale [--photos 2000]   # large photos: peak RSS, store build, second run
+    python scripts/benchmark.py --data-at-scale --larger-than-ram 200000  # a store larger than RAM (~40 GB disk)
 
 Results: benchmarks/<name>_<device>.json and .md (the README summarises them); targets live in the jobs, not in tests.
 """
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside hfvision, not installed
 
-from benchmarks import (cpu_budget, end_to_end, families, head_only, input_pipeline, onnx, train_step,  # noqa: E402
-                        tuning_modes)
+from benchmarks import (cpu_budget, data_at_scale, end_to_end, families, head_only, input_pipeline, onnx,  # noqa: E402
+                        train_step, tuning_modes)
 from benchmarks.results import CIFAR10, REPO, device_and_environment  # noqa: E402
 from hfvision.cli import run_cli  # noqa: E402
 
@@ -31,12 +34,16 @@ INTEGER_OPTIONS = {  # flag: (default, help)
     "e2e-train-images": (10_000, None), "e2e-eval-images": (2_000, "validation and test images each"),
     "e2e-epochs": (1, None), "e2e-rounds": (1, None), "head-only-train-images": (250, None),
     "head-only-eval-images": (50, "validation and test images each"), "head-only-epochs": (10, None),
-    "onnx-test-images": (1000, "--onnx: test images scored")}
+    "onnx-test-images": (1000, "--onnx: test images scored"),
+    "photos": (2000, "--data-at-scale: generated 2000x1500 photos"),
+    "baseline-photos": (200, "--data-at-scale: of them, decoded the 0.x way (one process, full size)"),
+    "larger-than-ram": (0, "--data-at-scale: instead, this many 224 px photos (a store larger than RAM)")}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, job in {**COMPARISONS, "families": families, "tuning_modes": tuning_modes}.items():
+    jobs = {**COMPARISONS, "families": families, "tuning_modes": tuning_modes, "data_at_scale": data_at_scale}
+    for name, job in jobs.items():
         parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=job.__doc__.split(" (``")[0])
     parser.add_argument("--recipe", action="append", type=Path, help="--families: these recipes' models instead")
     for flag, (default, text) in INTEGER_OPTIONS.items():
@@ -45,6 +52,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "../shared/models/vit-tiny-patch16-224) instead of a random ViT-B/32-shaped one")
     parser.add_argument("--cifar10", type=Path, default=CIFAR10, help="real CIFAR-10 (Parquet, img/label)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--photo-folder", type=Path, default=Path(tempfile.gettempdir()) / "hfvision-bench",
+                        help="--data-at-scale: where the generated photos are kept between runs (never committed)")
     parser.add_argument("--usual-way", type=Path, metavar="RECIPE",
                         help="train the usual way for this scratch_vit recipe's time budget (time-to-accuracy peer)")
     parser.add_argument("--usual-way-dir", type=Path, default=REPO / "runs/cpu_budget_cifar10/usual_way",
@@ -61,8 +70,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse(argv)
     device, env = device_and_environment()
-    if args.usual_way or args.onnx:  # a job of its own
-        (cpu_budget if args.usual_way else onnx).run(args, device, env)
+    if args.usual_way or args.onnx or args.data_at_scale:  # a job of its own
+        (cpu_budget if args.usual_way else onnx if args.onnx else data_at_scale).run(args, device, env)
         return
     if args.tuning_modes:
         tuning_modes.run(args, device, env)

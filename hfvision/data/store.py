@@ -76,10 +76,11 @@ class StoreRecord:
     seconds: float
     images: int
     side: int
+    sha256: str  # of the pixel file: equal pixels, equal checksum
 
     def as_dict(self) -> dict:
         return {"path": self.path, "built": self.built, "seconds": round(self.seconds, 3), "images": self.images,
-                "side": self.side}
+                "side": self.side, "sha256": self.sha256}
 
 
 class StoredPixels:
@@ -394,7 +395,8 @@ def open_store(ds: Dataset, image_column: str, labels: list[int], plan: DecodePl
                 log(f"data: the {split} store {directory} is {problem}: rebuilding it")
             manifest = _build_into(directory, ds, image_column, labels, plan, split)
     pixels = StoredPixels(directory / "pixels.u8", manifest["count"], manifest["side"], manifest["pixels_sha256"])
-    record = StoreRecord(str(directory), built, time.perf_counter() - started, manifest["count"], manifest["side"])
+    record = StoreRecord(str(directory), built, time.perf_counter() - started, manifest["count"], manifest["side"],
+                         manifest["pixels_sha256"])
     return pixels, torch.from_numpy(np.load(directory / "labels.npy")), list(manifest["skipped"]), record
 
 
