@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForImageClassification
 
 from hfvision.accelerator import main_process_says, make_accelerator
+from hfvision.data.streaming import StreamLoader, load_streaming_data
 from hfvision.data.sources import ImageData, ImageSplit, decode_splits, load_eval_split, load_raw, split_dataset
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
@@ -91,6 +92,10 @@ def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> Imag
     """Splits (the main process first, so a download or cache build happens once), each decoded once into its
     store at the spec (built by the first process to need it, reused after), timed as the data stage."""
     started = time.perf_counter()
+    if recipe.data.streaming:
+        data = load_streaming_data(recipe.data, recipe.seed, spec, accelerator, accelerator.print)
+        data.seconds = time.perf_counter() - started
+        return data
     with accelerator.main_process_first():
         splits, image_column, label_column, label_names = split_dataset(load_raw(recipe.data.dataset),
                                                                         recipe.data, recipe.seed)
@@ -99,6 +104,8 @@ def load_data(recipe: Recipe, spec: InputSpec, accelerator: Accelerator) -> Imag
     data.seconds = time.perf_counter() - started
     for name, split in data.splits().items():
         record = split.store
+        if record is None:  # the streamed training split
+            continue
         accelerator.print(f"data: {name} store {'built' if record.built else 'reused'} in {record.seconds:.1f} s, "
                           f"{record.images} images at {record.side} px, {record.path}")
     if data.skipped:  # data.on_bad_image=skip
@@ -247,11 +254,16 @@ def _prepare_parts(recipe: Recipe, accelerator: Accelerator, trainee: Trainee) -
     train_loader = trainee.train_set.loader(train_recipe.batch_size, shuffle=True)
     val_loader = trainee.val_set.loader(recipe.eval.batch_size, shuffle=False)
     optimizer = build_optimizer(trainee.module, train_recipe)
-    epoch_steps = steps_per_epoch(len(train_loader), train_recipe.gradient_accumulation_steps)
+    global_batches = getattr(train_loader, "global_batches", None) or len(train_loader)  # a stream: all processes'
+    epoch_steps = steps_per_epoch(global_batches, train_recipe.gradient_accumulation_steps)
     schedule_length = ScheduleLength(train_recipe.epochs * epoch_steps)
     scheduler = build_scheduler(optimizer, train_recipe, epoch_steps, schedule_length)
-    prepared, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        trainee.module, optimizer, train_loader, val_loader, scheduler)
+    if isinstance(train_loader, StreamLoader):  # split across processes already (split_dataset_by_node)
+        prepared, optimizer, val_loader, scheduler = accelerator.prepare(trainee.module, optimizer, val_loader,
+                                                                         scheduler)
+    else:
+        prepared, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+            trainee.module, optimizer, train_loader, val_loader, scheduler)
     ema = None
     if train_recipe.ema_decay is not None:
         ema = make_ema(accelerator.unwrap_model(prepared), train_recipe.ema_decay)

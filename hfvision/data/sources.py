@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Image, IterableDatasetDict, load_dataset
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 
@@ -92,25 +92,28 @@ class ImageData:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
-def load_raw(dataset: str) -> DatasetDict:
-    """The source as a ``DatasetDict``; a failure becomes one line naming the source."""
+def load_raw(dataset: str, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
+    """The source as a ``DatasetDict`` (an ``IterableDatasetDict`` when ``streaming``); a failure becomes one line
+    naming the source."""
     if dataset == "synthetic":
-        return load_synthetic()
+        raw = load_synthetic()
+        return IterableDatasetDict({k: v.to_iterable_dataset(num_shards=4) for k, v in raw.items()}) if streaming \
+            else raw
     path = Path(dataset).expanduser()
     try:
         if path.exists():
             if not path.is_dir():
                 raise HfvisionError(f"data.dataset: {dataset} is not a directory")
-            raw = load_dataset(str(path))
+            raw = load_dataset(str(path), streaming=streaming)
         else:
-            raw = load_dataset(dataset)
+            raw = load_dataset(dataset, streaming=streaming)
     except HfvisionError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HfvisionError(f"data.dataset: could not load '{dataset}': {reason}") from None
-    if not isinstance(raw, DatasetDict):
-        raw = DatasetDict({"train": raw})
+    if not isinstance(raw, (DatasetDict, IterableDatasetDict)):
+        raw = (IterableDatasetDict if streaming else DatasetDict)({"train": raw})
     return raw
 
 

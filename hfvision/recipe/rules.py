@@ -23,6 +23,18 @@ def validate(recipe: Recipe) -> None:
     _validate_feature_cache(recipe)
     _validate_eval_and_hub(recipe)
     _validate_run(recipe)
+    _validate_streaming(recipe)
+
+
+def _validate_streaming(recipe: Recipe) -> None:
+    """What a streamed training split cannot do: it is read once per epoch, in an order known only as it comes."""
+    if not recipe.data.streaming:
+        return
+    _require(recipe.train.gradient_accumulation_steps == 1,
+             "data.streaming: train.gradient_accumulation_steps must be 1 (a stream's epoch end is not known ahead, "
+             "so a partial accumulation would carry into the next epoch)")
+    _require(recipe.train.feature_cache != "on", "train.feature_cache: on needs the training images stored; "
+             "data.streaming reads them once per epoch (set train.feature_cache: auto or off)")
 
 
 def _is_finite_number(value) -> bool:
@@ -73,6 +85,8 @@ def _validate_data(d: DataRecipe) -> None:
     _require(not looks_local or Path(d.dataset).expanduser().exists(),
              f"data.dataset: directory {d.dataset} does not exist")
     _validate_classes(d.classes)
+    _require(not d.streaming or d.classes is None,
+             "data.streaming: data.classes is not supported on a stream; select the classes when writing the shards")
 
 
 def _validate_classes(classes: list | None) -> None:
@@ -180,6 +194,9 @@ def decide_feature_cache(recipe: Recipe) -> FeatureCacheDecision:
                                     recipe.model.tuning)
     if mode == "off":
         return FeatureCacheDecision(False, None, "train.feature_cache: off")
+    if recipe.data.streaming:
+        return FeatureCacheDecision(False, None, "data.streaming: the training images are read once per epoch, "
+                                                 "never stored")
     if tuning != "head_only":
         return FeatureCacheDecision(False, None, f"model.tuning: {tuning} trains the backbone",
                                     f"train.feature_cache: caches the frozen backbone of model.tuning: head_only "

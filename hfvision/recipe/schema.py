@@ -114,6 +114,10 @@ class DataRecipe:
     """Per-channel normalisation std (three positive numbers); null: the image processor's."""
     on_bad_image: str = "error"
     """An unreadable image: ``error`` stops naming it, ``skip`` drops it and lists it in metrics.json."""
+    streaming: bool = False
+    """Stream the training split (``load_dataset(..., streaming=True)``) instead of decoding it into a store: for
+    data beyond the disk. Shuffled with a seeded buffer, split across processes and DataLoader workers, decoded on
+    the fly; validation and test (the source's splits, or a held-out share of the stream) still go into stores."""
     decode_workers: Optional[int] = None
     """Processes that decode the images into the decoded-image store when it is built (later runs reuse the store
     and decode nothing); null: one per core this process may use."""

@@ -222,7 +222,10 @@ def train_one_epoch(parts: TrainingParts, epoch: int, state: TrainerState, check
     if hasattr(parts.train_loader.dataset, "set_epoch"):  # cached views; Accelerate skips it under several processes
         parts.train_loader.dataset.set_epoch(epoch)
     start_batch = state.batch
-    loader = accelerator.skip_first_batches(parts.train_loader, start_batch) if start_batch else parts.train_loader
+    loader = parts.train_loader
+    if start_batch:  # a stream is read again from the epoch's start (its order is a function of seed and epoch)
+        loader = loader.skipping(start_batch) if hasattr(loader, "skipping") else \
+            accelerator.skip_first_batches(loader, start_batch)
     totals, seconds_before = _epoch_so_far(accelerator, state)
     generator = torch.Generator()
     set_train_mode(model)
