@@ -355,7 +355,7 @@ def test_best_of_a_cached_run_reloads_without_hfvision_and_gives_the_recorded_ac
     recipe = load_recipe(out / "recipe.yaml")
     splits, image_column, label_column, names = split_dataset(load_raw("synthetic"), recipe.data, recipe.seed)
     test = decode_splits(splits, image_column, label_column, 32, names).test
-    torch.save({"pixels": test.pixels, "labels": test.labels}, tmp_path / "test.pt")
+    torch.save({"pixels": test.pixels[:], "labels": test.labels}, tmp_path / "test.pt")
     child = f"""
 import sys
 sys.modules["hfvision"] = None  # any import of hfvision fails: plain transformers only

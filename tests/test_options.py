@@ -331,7 +331,14 @@ def test_run_mixup_targets_follow_the_alpha(run):
 def test_run_epochs_batches_and_split_sizes(run):
     assert len(run.metrics["history"]) == run.recipe.train.epochs
     assert [len(inputs) for inputs, _, _ in run.batches] == run.expect["train_batches"]
-    assert run.metrics["data"] == {**run.expect["sizes"], "skipped_images": 0, "skipped": []}
+    data = run.metrics["data"]
+    assert {k: data[k] for k in ("train", "validation", "test", "skipped_images", "skipped")} == {
+        **run.expect["sizes"], "skipped_images": 0, "skipped": []}
+    stores = data["stores"]  # each split's store as metrics.json records it: synthetic 32 px fitted to the input
+    side = min(32, run.metrics["model"]["image_size"])
+    assert {name: (s["images"], s["side"]) for name, s in stores.items()} == {
+        name: (data[name], side) for name in ("train", "validation", "test")}
+    assert run.metrics["timing"]["data_seconds"] == data["seconds"] > 0
     val_batches, test_batches = run.evaluations[0][0], run.evaluations[-1][0]
     assert val_batches == run.expect["eval_batches"]
     assert all(size <= run.recipe.eval.batch_size for size in test_batches)

@@ -63,7 +63,7 @@ def test_best_reloads_with_the_recorded_test_accuracy(tmp_path):
     model = AutoModelForImageClassification.from_pretrained(out / "best").eval()
     processor = json.loads((out / "best" / "preprocessor_config.json").read_text())
     norm = InputSpec(32, tuple(processor["image_mean"]), tuple(processor["image_std"]))
-    pixels, _ = BatchPreprocessor(norm)(data.test.pixels, data.test.labels, train=False)
+    pixels, _ = BatchPreprocessor(norm)(data.test.pixels[:], data.test.labels, train=False)
     with torch.no_grad():
         accuracy = (model(pixels).logits.argmax(1) == data.test.labels).double().mean().item()
     assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
