@@ -196,3 +196,63 @@ def test_large_photos_are_decoded_at_most_at_the_input_size(tmp_path):
     squashed = decode_split(ds, "image", "label", 224)
     cropped = decode_split(ds, "image", "label", 224, crop_pct=0.9)
     assert squashed.pixels.shape == cropped.pixels.shape == (3, 3, 224, 224)  # not (3, 3, 1500, 2000)
+
+
+@pytest.mark.parametrize("kind", ["squash (ViTImageProcessor)", "shorter side + centre crop (BitImageProcessor)",
+                                  "crop_pct (ConvNeXtImageProcessor)"])
+def test_decoded_pixels_match_transformers_processors_own_output(kind, tmp_path):
+    from PIL import Image
+    from transformers import BitImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+
+    from hfvision.data.images import load_pixels
+    from hfvision.data.transforms import BatchPreprocessor
+    from hfvision.models.factory import processor_spec
+
+    if kind.startswith("squash"):
+        processor = ViTImageProcessor(size={"height": 64, "width": 64}, resample=Image.BILINEAR)
+    elif kind.startswith("crop_pct"):  # the shorter side to 64 / (8/9) = 72, then the central 64
+        processor = ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=8 / 9, resample=Image.BILINEAR)
+    else:  # resize the shorter side to 72, crop the central 64: the central 64/72 of the shorter side
+        processor = BitImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64},
+                                      resample=Image.BILINEAR, do_convert_rgb=True)
+    spec = processor_spec(processor)
+    assert spec.image_size == 64 and spec.crop_pct == pytest.approx(None if kind.startswith("squash") else 64 / 72)
+    for i, (w, h) in enumerate([(400, 300), (300, 500), (640, 480)]):
+        path = tmp_path / f"photo{i}.jpg"
+        smooth_photo(path, w, h, seed=i)
+        theirs = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
+        ours = BatchPreprocessor(spec).resize_and_normalize(load_pixels(path, spec.decode_size, crop_pct=spec.crop_pct))
+        assert ours.shape == theirs.shape == (1, 3, 64, 64)
+        std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+        assert ((ours - theirs).abs() * std).max() <= 4 / 255 + 1e-6  # PIL's and torch's antialiased bilinear
+
+
+@pytest.mark.parametrize("crop_pct", [None, 0.875])
+def test_jpeg_draft_decoding_of_a_large_photo_is_within_rounding_of_the_full_decode(crop_pct, tmp_path):
+    """2000x1500 for a 224 px model: decoded at 1/4 scale (500x375) by JPEG draft, then resized."""
+    from hfvision.data.images import decode_fitted, fit_to_input, load_rgb
+
+    path = tmp_path / "large.jpg"
+    smooth_photo(path, 2000, 1500)
+    from PIL import Image
+    with Image.open(path) as image:
+        image.draft(None, (256, 256))
+        assert image.size == (500, 375)
+    drafted = decode_fitted(path, 224, crop_pct).astype(int)
+    full = fit_to_input(load_rgb(path), 224, crop_pct).astype(int)
+    assert drafted.shape == full.shape == (224, 224, 3)
+    assert np.abs(drafted - full).max() <= 3 and np.abs(drafted - full).mean() < 0.5
+
+
+def test_the_recipe_chooses_the_resize_policy(tiny_pretrained_dirs):
+    from hfvision.models.factory import DEFAULT_CROP_PCT
+
+    def spec(**data):
+        return resolve_input_spec(ModelRecipe(name=str(tiny_pretrained_dirs["vit"])), DataRecipe(**data))
+
+    assert spec().crop_pct is None  # the tiny ViT's processor squashes
+    assert spec(resize="center_crop").crop_pct == DEFAULT_CROP_PCT
+    assert spec(resize="center_crop", crop_pct=0.5).crop_pct == 0.5
+    assert spec(resize="squash").crop_pct is None
+    scratch = resolve_input_spec(ModelRecipe(name="scratch_vit"), DataRecipe(resize="center_crop", crop_pct=0.75))
+    assert scratch.crop_pct == 0.75

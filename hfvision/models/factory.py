@@ -8,6 +8,7 @@ replaced for the dataset's labels.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import pickle
@@ -81,10 +82,14 @@ def processor_spec(processor) -> InputSpec:
         config = processor.data_config  # crop_mode "center": the central crop_pct of the shorter side; else squash
         crop_pct = config.get("crop_pct") if config.get("crop_mode", "center") == "center" else None
         return input_spec(config["input_size"][-1], config["mean"], config["std"], crop_pct)
-    size = _edge(processor.size)
+    size, crop_pct = _edge(processor.size), None
     if getattr(processor, "do_center_crop", False) and _edge(getattr(processor, "crop_size", None)):
+        # resize the shorter side to `size`, then crop `crop_size`: the central crop/size of the shorter side
+        crop_pct = min(1.0, _edge(processor.crop_size) / size)
         size = _edge(processor.crop_size)
-    return input_spec(size, processor.image_mean, processor.image_std)
+    elif getattr(processor, "crop_pct", None) and (size or 0) < 384:  # ConvNeXt: shorter side size/crop_pct, crop
+        crop_pct = float(processor.crop_pct)
+    return input_spec(size, processor.image_mean, processor.image_std, crop_pct)
 
 
 def _built_in_image_size(model_recipe: ModelRecipe, data: DataRecipe) -> int:
@@ -96,11 +101,24 @@ def _built_in_image_size(model_recipe: ModelRecipe, data: DataRecipe) -> int:
     return data.image_size or configured or family.config_class().image_size
 
 
+DEFAULT_CROP_PCT = 0.875  # timm's
+
+
+def _resize_policy(spec: InputSpec, data: DataRecipe, checkpoint_crop_pct: float | None) -> InputSpec:
+    """``data.resize`` applied to the spec's ``crop_pct`` (None: squash)."""
+    if data.resize == "squash":
+        return dataclasses.replace(spec, crop_pct=None)
+    if data.resize == "center_crop":
+        return dataclasses.replace(spec, crop_pct=data.crop_pct or checkpoint_crop_pct or DEFAULT_CROP_PCT)
+    return spec
+
+
 def resolve_input_spec(model_recipe: ModelRecipe, data: DataRecipe) -> InputSpec:
     """The run's input size, mean and std, by the precedence in ``hfvision.spec`` (a pretrained checkpoint's
     image processor is read here; its weights are not)."""
     if model_recipe.name in BUILT_IN:
         spec = input_spec(_built_in_image_size(model_recipe, data), data.mean or BUILT_IN_MEAN, data.std or BUILT_IN_STD)
+        spec = _resize_policy(spec, data, None)
     else:
         path = resolve_model_path(model_recipe.name)
         try:
@@ -110,6 +128,7 @@ def resolve_input_spec(model_recipe: ModelRecipe, data: DataRecipe) -> InputSpec
         saved = processor_spec(processor)
         spec = input_spec(data.image_size or saved.image_size, data.mean or saved.mean, data.std or saved.std,
                           saved.crop_pct)
+        spec = _resize_policy(spec, data, saved.crop_pct)
     padding = data.augment.random_crop_padding
     if padding >= spec.image_size:  # a crop of padding alone; a huge value would allocate terabytes
         raise HfvisionError(f"data.augment.random_crop_padding: expected less than the input size "

@@ -81,6 +81,11 @@ def _validate_data(d: DataRecipe) -> None:
                  f"data.{key}: expected three numbers (finite, one per RGB channel) or null, got {value}")
     _require(d.std is None or all(v > 0 for v in d.std), f"data.std: expected positive numbers, got {d.std}")
     _one_of("data.on_bad_image", d.on_bad_image)
+    _one_of("data.resize", d.resize)
+    _require(d.crop_pct is None or (_is_finite_number(d.crop_pct) and 0 < d.crop_pct <= 1),
+             f"data.crop_pct: expected a number in (0, 1] or null, got {d.crop_pct}")
+    _require(d.crop_pct is None or d.resize == "center_crop",
+             f"data.crop_pct: only used with data.resize: center_crop (data.resize is {d.resize})")
     looks_local = d.dataset.startswith(("/", "./", "../", "~")) or os.sep * 2 in d.dataset
     _require(not looks_local or Path(d.dataset).expanduser().exists(),
              f"data.dataset: directory {d.dataset} does not exist")

@@ -20,9 +20,10 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 AUTO_AUGMENT = ("randaugment", "trivialaugment")
 TRACKERS = ("tensorboard", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
+RESIZE_POLICIES = ("checkpoint", "squash", "center_crop")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 # dotted key -> the values it may take (``rules.py`` enforces them, the reference lists them)
-CHOICES = {"model.tuning": TUNING_STRATEGIES, "data.on_bad_image": BAD_IMAGE_POLICIES,
+CHOICES = {"model.tuning": TUNING_STRATEGIES, "data.on_bad_image": BAD_IMAGE_POLICIES, "data.resize": RESIZE_POLICIES,
            "data.augment.auto_augment": AUTO_AUGMENT, "train.optimizer": OPTIMIZERS, "train.scheduler": SCHEDULERS,
            "train.mixed_precision": MIXED_PRECISION, "train.report_to": TRACKERS,
            "train.feature_cache": FEATURE_CACHE_MODES}
@@ -108,6 +109,14 @@ class DataRecipe:
     """Use at most this many validation and test images each; null: all."""
     image_size: Optional[int] = None
     """Input size in pixels; null: the image processor's (pretrained) or ``model.config``'s (scratch)."""
+    resize: str = "checkpoint"
+    """How an image becomes a square input, at decode time: ``checkpoint``, as the pretrained checkpoint's image
+    processor does (timm's centre crop of ``crop_pct``, transformers' ``do_center_crop``, else a squash; scratch
+    models squash); ``squash``, the whole image resized to the square; ``center_crop``, the shorter side resized to
+    ``image_size / data.crop_pct`` and the central square kept."""
+    crop_pct: Optional[float] = None
+    """With ``data.resize: center_crop``, the share of the shorter side kept, in (0, 1]; null: the checkpoint's,
+    else 0.875 (timm's default)."""
     mean: Optional[list] = None
     """Per-channel normalisation mean (three numbers); null: the image processor's."""
     std: Optional[list] = None
