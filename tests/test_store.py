@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from datasets import Image
 from PIL import Image as PILImage
 
 from hfvision.data import images, store
-from hfvision.data.sources import decode_split, load_raw
+from hfvision.data.sources import decode_split, image_folder, load_raw
 from hfvision.data.synthetic import load_synthetic, make_images
 from hfvision.errors import HfvisionError
 
@@ -152,7 +153,8 @@ def test_a_damaged_store_is_detected_and_rebuilt(stores, photo_folder, capsys, d
     pixels = os.path.join(first.store.path, "pixels.u8")
     if damage == "truncate":
         os.truncate(pixels, os.path.getsize(pixels) // 2)
-    elif damage == "overwrite":
+    elif damage == "overwrite":  # same size: found by the checksum, which a changed mtime triggers
+        time.sleep(0.05)  # past the kernel's coarse timestamp tick, as any later write is
         with open(pixels, "r+b") as handle:
             handle.seek(100)
             handle.write(b"\xff" * 50)
@@ -248,3 +250,29 @@ def test_two_processes_build_the_store_once_and_read_disjoint_shards_of_the_spli
     assert not zero & one and zero | one == set(range(128))  # each touched only its own batches; together all
     assert len(ranks[0]["read"]) == len(ranks[1]["read"]) == 64
     assert sorted(ranks[0]["labels"] + ranks[1]["labels"]) == sorted(load_synthetic(128, 8)["train"]["label"][:])
+
+
+@pytest.mark.parametrize("layout", ["class/file", "split/class/file"])
+def test_an_image_folder_is_listed_as_datasets_imagefolder_reads_it(tmp_path, layout):
+    from datasets import load_dataset
+
+    root = tmp_path / "folder"
+    for split in (["train", "test"] if layout.startswith("split") else [""]):
+        for index, picture in enumerate(make_images(6, 16, seed=len(split))[0]):
+            folder = root / split / ("cat" if index % 2 else "dog")
+            folder.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(picture).save(folder / f"{index}.png")
+    (root / ".hidden").write_text("not listed")
+    assert image_folder(root) is not None  # listed by hfvision, not by load_dataset
+    (root / "README.md").write_text("a file that is not an image: load_dataset reads such a folder")
+    assert image_folder(root) is None
+    (root / "README.md").unlink()
+    listed, reference = images_and_labels(load_raw(str(root))), images_and_labels(load_dataset(str(root)))
+    assert listed == reference and set(listed) == ({"train", "test"} if layout.startswith("split") else {"train"})
+
+
+def images_and_labels(raw):
+    return {name: (split.features["label"].names, sorted(
+        (value["path"], label) for value, label in zip(split.cast_column("image", Image(decode=False))["image"],
+                                                       split["label"])))
+            for name, split in raw.items()}

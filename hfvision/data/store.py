@@ -5,7 +5,8 @@ split is decoded once into ``$HFVISION_CACHE/stores/<key>/`` (else ``~/.cache/hf
 
 - ``pixels.u8``: the images as one raw uint8 array (N, 3, s, s), s the split's common side (the decode size, or
   the images' own side when they all share one that is smaller: CIFAR stays 32 px); ``labels.npy`` (int64);
-  ``manifest.json``: the key, the count, the side, the file's size and SHA-256, the skipped images. A store is
+  ``manifest.json``: the key, the count, the side, the file's size, mtime and SHA-256, the skipped images. On reuse
+  the size is checked, and the checksum too when the file's mtime is not the one recorded (a file written since). A store is
   built in a ``.building-<pid>`` directory and renamed into place, manifest last, so a half-written store is
   never found; one that no longer matches its manifest (truncated, overwritten) is said in one line and rebuilt.
 - The key (``store_key``) hashes everything the pixels depend on: the source (a file's path, size and mtime,
@@ -374,7 +375,8 @@ def _check(directory: Path) -> tuple[dict | None, str | None]:
         return None, f"pixels.u8 is {size} bytes, the manifest says {manifest.get('pixels_bytes')}"
     if len(labels) != manifest["count"]:
         return None, f"labels.npy has {len(labels)} labels for {manifest['count']} images"
-    if _file_sha256(directory / "pixels.u8") != manifest.get("pixels_sha256"):
+    unchanged = (directory / "pixels.u8").stat().st_mtime_ns == manifest.get("pixels_mtime_ns")
+    if not unchanged and _file_sha256(directory / "pixels.u8") != manifest.get("pixels_sha256"):
         return None, "pixels.u8 does not match its checksum"
     return manifest, None
 
@@ -408,6 +410,7 @@ def _build_into(directory: Path, ds: Dataset, image_column: str, labels: list[in
     staging.mkdir(parents=True)
     try:
         manifest = _build(staging, ds, image_column, labels, plan, split)
+        manifest["pixels_mtime_ns"] = (staging / "pixels.u8").stat().st_mtime_ns  # untouched since: no re-hash
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
