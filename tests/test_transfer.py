@@ -160,12 +160,27 @@ def smooth_photo(path, width, height, seed=0):
     Image.fromarray(small).resize((width, height), Image.BICUBIC).save(path, quality=90)
 
 
+def assert_decoded_like(processor, spec, std, tmp_path):
+    """hfvision's decode path and ``processor`` on three generated photos: within 4 levels (PIL's and torch's
+    antialiased bilinear), in pixel units."""
+    from PIL import Image
+
+    from hfvision.data.images import load_pixels
+    from hfvision.data.transforms import BatchPreprocessor
+
+    for i, (w, h) in enumerate([(400, 300), (300, 500), (640, 480)]):
+        path = tmp_path / f"photo{i}.jpg"
+        smooth_photo(path, w, h, seed=i)
+        theirs = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
+        ours = BatchPreprocessor(spec).resize_and_normalize(load_pixels(path, spec.decode_size, crop_pct=spec.crop_pct))
+        assert ours.shape == theirs.shape == (1, 3, 64, 64)
+        assert ((ours - theirs).abs() * torch.tensor(std).view(1, 3, 1, 1)).max() <= 4 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("crop_pct,mode", [(0.9, "center"), (None, "squash")])
 def test_decoded_pixels_match_the_timm_processors_own_output(crop_pct, mode, tmp_path):
     from transformers import TimmWrapperImageProcessor
 
-    from hfvision.data.images import load_pixels
-    from hfvision.data.transforms import BatchPreprocessor
     from hfvision.models.factory import processor_spec
 
     cfg = {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
@@ -173,14 +188,7 @@ def test_decoded_pixels_match_the_timm_processors_own_output(crop_pct, mode, tmp
     processor = TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture="vit_tiny_patch16_224")
     spec = processor_spec(processor)
     assert spec.crop_pct == crop_pct
-    for i, (w, h) in enumerate([(400, 300), (300, 500), (640, 480)]):
-        path = tmp_path / f"photo{i}.jpg"
-        smooth_photo(path, w, h, seed=i)
-        from PIL import Image
-        theirs = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
-        ours = BatchPreprocessor(spec).resize_and_normalize(load_pixels(path, spec.decode_size, crop_pct=spec.crop_pct))
-        assert ours.shape == theirs.shape == (1, 3, 64, 64)
-        assert (ours - theirs).abs().max() <= 4 / 255 / 0.5  # PIL's and torch's antialiased bilinear: a few levels
+    assert_decoded_like(processor, spec, [0.5] * 3, tmp_path)
 
 
 def test_large_photos_are_decoded_at_most_at_the_input_size(tmp_path):
@@ -204,8 +212,6 @@ def test_decoded_pixels_match_transformers_processors_own_output(kind, tmp_path)
     from PIL import Image
     from transformers import BitImageProcessor, ConvNextImageProcessor, ViTImageProcessor
 
-    from hfvision.data.images import load_pixels
-    from hfvision.data.transforms import BatchPreprocessor
     from hfvision.models.factory import processor_spec
 
     if kind.startswith("squash"):
@@ -217,14 +223,7 @@ def test_decoded_pixels_match_transformers_processors_own_output(kind, tmp_path)
                                       resample=Image.BILINEAR, do_convert_rgb=True)
     spec = processor_spec(processor)
     assert spec.image_size == 64 and spec.crop_pct == pytest.approx(None if kind.startswith("squash") else 64 / 72)
-    for i, (w, h) in enumerate([(400, 300), (300, 500), (640, 480)]):
-        path = tmp_path / f"photo{i}.jpg"
-        smooth_photo(path, w, h, seed=i)
-        theirs = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
-        ours = BatchPreprocessor(spec).resize_and_normalize(load_pixels(path, spec.decode_size, crop_pct=spec.crop_pct))
-        assert ours.shape == theirs.shape == (1, 3, 64, 64)
-        std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
-        assert ((ours - theirs).abs() * std).max() <= 4 / 255 + 1e-6  # PIL's and torch's antialiased bilinear
+    assert_decoded_like(processor, spec, processor.image_std, tmp_path)
 
 
 @pytest.mark.parametrize("crop_pct", [None, 0.875])
