@@ -163,6 +163,19 @@ MUTATIONS = [
     ("explain", "eval.explain", "hfvision/pipeline.py",
      "if recipe.eval.explain:", "if False:",
      [OPTIONS + "test_run_trackers_and_explain_output[A]"]),
+    ("decode_workers", "data.decode_workers", "hfvision/pipeline.py",
+     "spec.crop_pct, recipe.data.decode_workers, accelerator.print)", "spec.crop_pct, None, accelerator.print)",
+     ["tests/test_store.py::test_the_recipes_decode_workers_reach_the_store"]),
+    ("resize", "data.resize", "hfvision/models/factory.py",
+     'if data.resize == "squash":', 'if False:',
+     ["tests/test_transfer.py::test_the_recipe_chooses_the_resize_policy"]),
+    ("crop_pct", "data.crop_pct", "hfvision/models/factory.py",
+     "crop_pct=data.crop_pct or checkpoint_crop_pct or DEFAULT_CROP_PCT",
+     "crop_pct=checkpoint_crop_pct or DEFAULT_CROP_PCT",
+     ["tests/test_transfer.py::test_the_recipe_chooses_the_resize_policy"]),
+    ("streaming", "data.streaming", "hfvision/pipeline.py",
+     "    if recipe.data.streaming:\n        data = load_streaming_data", "    if False:\n        data = load_streaming_data",
+     ["tests/test_streaming.py::test_two_processes_stream_and_a_sigkill_then_resume_ends_at_the_uninterrupted_weights"]),
 ]
 
 

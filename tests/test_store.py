@@ -276,3 +276,20 @@ def images_and_labels(raw):
         (value["path"], label) for value, label in zip(split.cast_column("image", Image(decode=False))["image"],
                                                        split["label"])))
             for name, split in raw.items()}
+
+
+def test_the_recipes_decode_workers_reach_the_store(tmp_path, stores, monkeypatch):
+    from conftest import tiny_recipe_overrides
+
+    from hfvision.accelerator import make_accelerator
+    from hfvision.models.factory import resolve_input_spec
+    from hfvision.pipeline import load_data
+    from hfvision.recipe import load_recipe
+
+    processes, original = [], store._pool_map
+    monkeypatch.setattr(store, "_pool_map", lambda function, tasks, count: processes.append(count) or original(
+        function, tasks, count))
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                         tiny_recipe_overrides(tmp_path / "run", **{"data.decode_workers": 3}))
+    data = load_data(recipe, resolve_input_spec(recipe.model, recipe.data), make_accelerator())
+    assert set(processes) == {3} and all(split.store.built for split in data.splits().values())

@@ -243,15 +243,18 @@ def test_jpeg_draft_decoding_of_a_large_photo_is_within_rounding_of_the_full_dec
     assert np.abs(drafted - full).max() <= 3 and np.abs(drafted - full).mean() < 0.5
 
 
-def test_the_recipe_chooses_the_resize_policy(tiny_pretrained_dirs):
+def test_the_recipe_chooses_the_resize_policy(tiny_pretrained_dirs, tiny_timm_dir):
     from hfvision.models.factory import DEFAULT_CROP_PCT
 
-    def spec(**data):
-        return resolve_input_spec(ModelRecipe(name=str(tiny_pretrained_dirs["vit"])), DataRecipe(**data))
+    def spec(checkpoint, **data):
+        return resolve_input_spec(ModelRecipe(name=str(checkpoint)), DataRecipe(**data))
 
-    assert spec().crop_pct is None  # the tiny ViT's processor squashes
-    assert spec(resize="center_crop").crop_pct == DEFAULT_CROP_PCT
-    assert spec(resize="center_crop", crop_pct=0.5).crop_pct == 0.5
-    assert spec(resize="squash").crop_pct is None
+    vit = tiny_pretrained_dirs["vit"]
+    assert spec(vit).crop_pct is None  # the tiny ViT's processor squashes
+    assert spec(vit, resize="center_crop").crop_pct == DEFAULT_CROP_PCT
+    assert spec(vit, resize="center_crop", crop_pct=0.5).crop_pct == 0.5
+    assert spec(tiny_timm_dir).crop_pct == 0.9  # the timm checkpoint's crop_pct
+    assert spec(tiny_timm_dir, resize="center_crop").crop_pct == 0.9
+    assert spec(tiny_timm_dir, resize="squash").crop_pct is None
     scratch = resolve_input_spec(ModelRecipe(name="scratch_vit"), DataRecipe(resize="center_crop", crop_pct=0.75))
     assert scratch.crop_pct == 0.75
