@@ -5,7 +5,8 @@ The export dir is self-describing: ``model.onnx`` (input ``pixel_values`` float 
 (B, num_labels), a dynamic batch axis, opset ``OPSET``), ``config.json`` (the model's config, with ``id2label``),
 the image processor config, and ``export.json`` (what was checked: max |logit difference| and top-1 agreement
 with torch on real images, latency of both at batch 1 and 64 on this machine, and with ``--int8`` the same for
-onnxruntime's dynamically quantised copy ``model.int8.onnx``, with test accuracy when the images have labels).
+onnxruntime's dynamically quantised copy ``model.int8.onnx`` (``quantize_int8``: which nodes stay fp32), with test
+accuracy when the images have labels).
 
 The exporter is torch's TorchScript-based ``torch.onnx.export(dynamo=False)``, which exports every family here
 (transformers ViT/DeiT and Swin, timm ViTs, ScratchViT with RoPE, registers, QK-norm, SwiGLU, RMSNorm and conv
