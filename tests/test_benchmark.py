@@ -46,3 +46,5 @@ def test_the_onnx_comparison_writes_torch_fp32_and_int8_rows(tmp_path):
     assert report["fp32"]["accuracy"] == report["torch_reference"]["accuracy"]
     text = (tmp_path / "onnx_cpu.md").read_text()
     assert text.count(f"| {run} | batch ") == 2 and "ORT int8 img/s" in text
+    assert "load average (1 / 5 / 15 min) " in text
+    assert len(json.loads((tmp_path / "onnx_cpu.json").read_text())["load_average_1_5_15_min"]["after"]) == 3

@@ -109,3 +109,21 @@ def test_export_without_images_to_validate_on_is_one_line(tmp_path, capsys, tiny
     status, _, err = run_cli_in_process(capsys, "export", "--model", tiny_pretrained_dirs["vit"], "--out", tmp_path)
     assert status == 2 and err.strip() == ("error: export: give --images FILES_OR_FOLDERS or --data SOURCE to "
                                            "validate the export on")
+
+
+def test_int8_quantises_weight_matmuls_per_channel_and_keeps_the_mlp_activation_inputs_and_head_fp32(
+        tmp_path, photos, tiny_pretrained_dirs):
+    import onnx
+    from onnx import numpy_helper
+
+    report = export_onnx(str(tiny_pretrained_dirs["vit"]), tmp_path / "onnx", images=[str(photos)], int8=True)
+    graph = onnx.load(str(tmp_path / "onnx" / "model.int8.onnx")).graph
+    fp32_matmuls = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in
+                    {i.name for i in graph.initializer}}
+    kept = report["int8"]["kept_fp32"]
+    assert sorted(n.split("/")[-2] for n in kept) == ["classifier", "fc2", "fc2"]  # 2 layers' fc2, the head
+    assert {n.removesuffix("_MatMul") for n in fp32_matmuls} == set(kept)  # the quantiser renames the Gemm head
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 2 * 5  # q, k, v, o, fc1 in each of 2 layers
+    assert any(n.op_type == "Conv" for n in graph.node) and not any(n.op_type == "ConvInteger" for n in graph.node)
+    scales = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale") and "MatMul" in i.name]
+    assert scales and all(s.ndim == 1 and s.size > 1 for s in scales)  # one scale per output channel

@@ -6,7 +6,8 @@
 Writes model.onnx (dynamic batch axis, opset 18), config.json and the image processor config (so the dir is
 self-describing: `hfvision predict --model DIR` runs it through onnxruntime), and export.json: max |logit
 difference| and top-1 agreement with torch, accuracy when the images have labels, latency of torch and
-onnxruntime at batch 1 and 64. --int8 adds onnxruntime's dynamically quantised model.int8.onnx, checked the same way.
+onnxruntime at batch 1 and 64. --int8 adds onnxruntime's dynamically quantised model.int8.onnx (weight MatMuls per channel; the patch embedding,
+the head and the MatMuls after an MLP activation stay fp32), checked the same way.
 """
 
 from pathlib import Path
