@@ -36,7 +36,7 @@ def test_the_preprocessing_version_moves_with_the_code():
         f"({store.PREPROCESSING_VERSION + 1}, {digest!r})")
 
 
-PINNED = (3, '8c9c71756ddfa66669633f86b6e8a8ebdde05649b76892d728a321128085e3b1')
+PINNED = (4, '12765e863ddf409fc6659b830458672d1d0f42b82b5e8a6cf1d42f6e20e2be8d')
 
 
 @pytest.fixture

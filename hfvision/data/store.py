@@ -48,7 +48,7 @@ from hfvision.fileio import disk_full_message
 
 # Bump whenever decoding or resizing changes (hfvision/data/images.py): stores and feature-cache entries keyed on an
 # older version are then never served. tests/test_store.py pins a hash of that code to this number.
-PREPROCESSING_VERSION = 3
+PREPROCESSING_VERSION = 4  # 4: decode-time resize by torch's uint8 kernel
 STORE_FORMAT = 1
 DEFAULT_ROOT = "~/.cache/hfvision"  # beside the feature cache's features/
 ROWS_PER_TASK = 64  # rows one worker decodes per task: enough to amortise the hand-off, small enough to balance
@@ -247,8 +247,10 @@ def _decode_rows(task: tuple[int, int]) -> list[tuple[int, str]]:
     return failed
 
 
-def _tasks(count: int) -> list[tuple[int, int]]:
-    return [(first, min(first + ROWS_PER_TASK, count)) for first in range(0, count, ROWS_PER_TASK)]
+def _tasks(count: int, processes: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``ROWS_PER_TASK``, at least 8 per process when there are enough rows (balance)."""
+    rows = max(1, min(ROWS_PER_TASK, -(-count // (8 * processes))))
+    return [(first, min(first + rows, count)) for first in range(0, count, rows)]
 
 
 def _pool_map(function, tasks: list, processes: int) -> list:
@@ -304,7 +306,8 @@ def _build(staging: Path, ds: Dataset, image_column: str, labels: list[int], pla
     encoded = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False))
     _WORK.update(encoded=encoded, image_column=image_column, plan=plan, split=split)
     try:
-        results = [side for part in _pool_map(_header_sides, _tasks(len(ds)), plan.processes()) for side in part]
+        processes = plan.processes()
+        results = [side for part in _pool_map(_header_sides, _tasks(len(ds), processes), processes) for side in part]
         problems = [r for r in results if isinstance(r, str)]
         _bad_image(plan.on_bad_image, problems, split, len(results))
         kept = np.array([i for i, r in enumerate(results) if not isinstance(r, str)], dtype=np.int64)
@@ -312,7 +315,7 @@ def _build(staging: Path, ds: Dataset, image_column: str, labels: list[int], pla
         pixels_path = staging / "pixels.u8"
         _allocate(pixels_path, len(kept) * 3 * side * side, staging)
         _WORK.update(kept=kept, side=side, pixels_path=pixels_path)
-        failed = [f for part in _pool_map(_decode_rows, _tasks(len(kept)), plan.processes()) for f in part]
+        failed = [f for part in _pool_map(_decode_rows, _tasks(len(kept), processes), processes) for f in part]
     finally:
         _WORK.clear()
     _bad_image(plan.on_bad_image, [reason for _, reason in failed], split, len(results) if failed else 0)
