@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.results import REPO, write_results
-from hfvision.data.images import fit_to_input, load_rgb
+from hfvision.data.images import load_rgb
 from hfvision.data.store import DecodePlan, open_store
 from hfvision.evaluation.compare import markdown_table
 
@@ -49,11 +51,20 @@ def photo_folder(root: Path, count: int, height: int, width: int) -> Path:
     return root
 
 
+def _fit_the_old_way(array: np.ndarray, size: int) -> np.ndarray:
+    """hfvision 0.x's squash (git 5c9f08c, ``fit_to_input`` without crop_pct): the float bilinear resize, rounded."""
+    if max(array.shape[:2]) <= size and array.shape[0] == array.shape[1]:
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
+
+
 def decode_the_old_way(files: list[Path], size: int) -> float:
     """Photos/s of hfvision 0.x's ``decode_split``: one process, each file decoded at full size, then fitted."""
     start = time.perf_counter()
     for path in files:
-        fit_to_input(load_rgb(path), size)
+        _fit_the_old_way(load_rgb(path), size)
     return len(files) / (time.perf_counter() - start)
 
 

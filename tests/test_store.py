@@ -36,7 +36,7 @@ def test_the_preprocessing_version_moves_with_the_code():
         f"({store.PREPROCESSING_VERSION + 1}, {digest!r})")
 
 
-PINNED = (4, '12765e863ddf409fc6659b830458672d1d0f42b82b5e8a6cf1d42f6e20e2be8d')
+PINNED = (5, '0aec163fd21b70af1ef8161bcbb09f81afe95e053fbceb1c206b8138cfeef418')
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # one copy, writable
 
 
 def _describe(source) -> str:
@@ -115,8 +115,12 @@ def load_rgb(source, name: str | None = None, draft_size: int | None = None) -> 
 
     Raises ``UnreadableImage`` naming ``name`` (default: the path, when there is one) and the reason."""
     try:
-        image = _open(source, draft_size)
-        image = ImageOps.exif_transpose(image)
+        opened = _open(source, draft_size)
+        if opened is source:  # the caller's PIL image: transposed into a copy, never in place
+            image = ImageOps.exif_transpose(opened)
+        else:
+            image = opened
+            ImageOps.exif_transpose(image, in_place=True)  # ours: no copy of an upright photo
         array = to_rgb_array(image)
     except UnreadableImage as exc:
         raise UnreadableImage(f"{name or _describe(source)}: {exc}") from None
