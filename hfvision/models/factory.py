@@ -179,6 +179,8 @@ def _pretrained_model(model_recipe: ModelRecipe, spec: InputSpec, label_names: l
             setattr(config, key, value)
         for key, value in _label_maps(label_names).items():
             setattr(config, key, value)
+        if hasattr(config, "label_names"):  # timm's layout saves these, not id2label, and keeps a loaded list as is
+            config.label_names = list(label_names)
         if config.model_type == "scratch_vit":  # its from_pretrained loads the weights at the config's size
             config.image_size = spec.image_size
         model, loading = _from_pretrained(path, config)
