@@ -192,6 +192,13 @@ def test_guard_rails_fire_on_their_combination_only(name, tuning, lr, allow, exp
         assert advice.startswith(expected) and "usual range" in advice and "train.allow_unusual_lr" in advice
 
 
+@pytest.mark.parametrize("layer_decay, warned", [(None, True), (0.95, True), (0.9, True), (0.75, False)])
+def test_layer_decay_below_0_9_is_the_other_fix_for_a_high_full_fine_tuning_rate(layer_decay, warned):
+    advice = unusual_learning_rate(ModelRecipe(name=PRETRAINED, tuning="full"),
+                                   TrainRecipe(learning_rate=1e-3, layer_decay=layer_decay))
+    assert (advice is not None) == warned
+
+
 def test_guard_rail_is_one_warning_line(caplog):
     from accelerate import PartialState
 
