@@ -16,8 +16,10 @@ from hfvision.explain.faithfulness import (
     deletion_insertion,
     pixel_ranks,
     random_maps,
+    noisy_linear_impute,
     randomised_copy,
     rank_correlation,
+    road,
 )
 from hfvision.explain.occlusion import OcclusionMap
 from hfvision.explain.scorecam import ScoreCam
@@ -59,6 +61,54 @@ def test_deletion_and_insertion_rank_the_true_region_first():
     # the true map removes the whole region in the first quarter of the steps: the class is gone by then
     assert (curves[:, 0, 4] < 0.1).all() and (curves[:, 0, 0] > 0.5).all()
     assert torch.allclose(curves[:, 1, -1], curves[:, 0, 0])  # fully revealed = the untouched image
+
+
+def test_noisy_linear_imputation_fills_a_linear_ramp_exactly_and_adds_seeded_noise():
+    # a linear image is its own weighted-neighbour mean away from the border, so any interior hole is refilled exactly
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    image = torch.stack([0.3 * rows - 0.1 * cols, 0.05 * cols + 1, torch.full_like(rows, 2.0)])
+    removed = torch.zeros(32, 32, dtype=torch.bool)
+    removed[5:20, 3:25] = True
+    removed[22:30, 10:12] = True
+    filled = noisy_linear_impute(image, removed, noise=0.0)
+    assert torch.allclose(filled, image, atol=1e-4)
+    scrambled = image.clone()
+    scrambled[:, removed] = 100.0  # what was there is not used
+    assert torch.allclose(noisy_linear_impute(scrambled, removed, noise=0.0), image, atol=1e-4)
+    noisy = noisy_linear_impute(image, removed, noise=0.05, generator=torch.Generator().manual_seed(1))
+    jitter = (noisy - image)[:, removed]
+    assert 0.04 < float(jitter.std()) < 0.06 and torch.count_nonzero((noisy - image)[:, ~removed]) == 0
+    again = noisy_linear_impute(image, removed, noise=0.05, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+    # a hole against the border is filled from the inside: bounded by the known values, smooth, no constant
+    edge = torch.zeros(32, 32, dtype=torch.bool)
+    edge[:8, :] = True
+    smooth = noisy_linear_impute(image, edge, noise=0.0)
+    assert smooth[0, :8].min() >= image[0, 8:].min() - 1e-4 and smooth[0, :8].max() <= image[0, 8:].max() + 1e-4
+    with pytest.raises(ValueError, match="every pixel is removed"):
+        noisy_linear_impute(image, torch.ones(32, 32, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("side", [32, 64])  # at its own size, and on a coarser grid (32 cells of 2 x 2 pixels)
+def test_road_ranks_the_true_region_first(side):
+    pixels = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(0))
+    scale = side // 32
+    pixels_model = RegionContrast() if side == 32 else nn.Sequential(nn.AvgPool2d(scale), RegionContrast())
+    maps = {name: torch.kron(m, torch.ones(scale, scale)) for name, m in
+            {"true": region_maps(4, "true"), "wrong": region_maps(4, "wrong"),
+             "random": random_maps(4, 32, seed=3)}.items()}
+    target = torch.zeros(4, dtype=torch.long)
+    scores = {name: road(pixels_model, pixels, m, target, steps=8, grid=32) for name, m in maps.items()}
+    morf = {name: float(s["morf"].mean()) for name, s in scores.items()}
+    lerf = {name: float(s["lerf"].mean()) for name, s in scores.items()}
+    assert morf["true"] < morf["random"] < morf["wrong"], morf
+    assert lerf["true"] > lerf["random"] > lerf["wrong"], lerf
+    curves = scores["true"]["curves"]
+    assert curves.shape == (4, 2, 9)
+    assert torch.allclose(curves[:, 0, 0], curves[:, 1, 0]) and torch.allclose(curves[:, 0, -1], curves[:, 1, -1])
+    # the true region is a quarter of the image: removed by MoRF's second step, imputed smooth (only the noise and
+    # the gradient from its border left of its contrast), the class mostly gone
+    assert (curves[:, 0, 2] < 0.3).all() and (curves[:, 0, 0] > 0.9).all()
 
 
 def test_pixel_ranks_order_by_heat_and_break_ties_by_seed():
@@ -210,6 +260,14 @@ def test_faithfulness_command_writes_the_table_and_the_figure(tmp_path, capsys):
         assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1 and row["seconds_per_image"] >= 0
     assert "| occlusion |" in (out / "faithfulness.md").read_text() and "| occlusion |" in printed
     assert (out / "overlays.png").stat().st_size > 10_000
+    assert "ROAD" not in (out / "faithfulness.md").read_text() and not report["road"]
+    status, printed, err = run_cli_in_process(capsys, "faithfulness", "--model", model_dir, "--data", "synthetic",
+                                              "--count", 2, "--steps", 2, "--methods", "random", "--road",
+                                              "--out", out)
+    assert status == 0, err[-2000:]
+    report = json.loads((out / "faithfulness.json").read_text())
+    assert report["road"] and 0 <= report["rows"][0]["road_morf_auc"] <= 1 and "road_lerf_auc_sem" in report["rows"][0]
+    assert "ROAD MoRF AUC (lower is better)" in (out / "faithfulness.md").read_text()
     status, _, err = run_cli_in_process(capsys, "faithfulness", "--model", model_dir, "--methods", "lime", "--out", out)
     assert status == 2 and "--methods: lime" in err
     status, _, err = run_cli_in_process(capsys, "faithfulness", "--model", model_dir, "--out", out)

@@ -4,6 +4,7 @@ seeded set of test images; one table and one overlay figure.
 
     hfvision faithfulness --model runs/vit_tiny_cifar10 --count 16 --out runs/vit_tiny_cifar10/faithfulness
     hfvision faithfulness --model runs/quickstart --data synthetic --count 32 --out faith/
+    hfvision faithfulness --model runs/vit_tiny_cifar10 --count 64 --road --out faith/   # + ROAD MoRF/LeRF
 
 Without --data the model must be a run dir: its recipe's own test split is used (a photo folder's held-out part).
 Writes OUT/faithfulness.md, OUT/faithfulness.json and OUT/overlays.png.
@@ -36,6 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64, help="forward passes at a time")
     parser.add_argument("--methods", default=",".join(FAITHFULNESS_ROWS),
                         help=f"comma-separated subset of {', '.join(FAITHFULNESS_ROWS)}")
+    parser.add_argument("--road", action="store_true",
+                        help="also ROAD's MoRF/LeRF AUC (noisy linear imputation of removed pixels; slower)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
 
 
@@ -62,7 +65,7 @@ def run(args):
     built = load_model_for_inference(args.model, device)
     split, label_names = _images(args, built.spec)
     result = measure_faithfulness(built.model, built.spec, split.pixels[:], split.labels, rows, args.steps, args.seed,
-                                  args.batch_size)
+                                  args.batch_size, with_road=args.road)
     args.out.mkdir(parents=True, exist_ok=True)
     table = faithfulness_markdown(result)
     header = (f"{result['images']} {args.split} images (seed {args.seed}; the model is right on "
@@ -71,7 +74,7 @@ def run(args):
     (args.out / "faithfulness.md").write_text(header + table)
     write_json_atomic(args.out / "faithfulness.json", {
         "model": args.model, "data": args.data, "split": args.split, "images": result["images"],
-        "seed": args.seed, "steps": args.steps, "image_size": built.spec.image_size,
+        "seed": args.seed, "steps": args.steps, "road": args.road, "image_size": built.spec.image_size,
         "accuracy_on_images": result["accuracy_on_images"], "rows": result["rows"], "skipped": result["skipped"]})
     faithfulness_overlays(result, built.spec, label_names, args.out / "overlays.png")
     print(header + table + f"wrote {args.out}/faithfulness.md, faithfulness.json, overlays.png")

@@ -20,6 +20,7 @@ from hfvision.explain.faithfulness import (
     random_maps,
     randomised_copy,
     rank_correlation,
+    road,
 )
 from hfvision.explain.figures import plot_heatmap_grid, to_rgb
 from hfvision.explain.gradcam import GradCam
@@ -160,9 +161,10 @@ def _row_maps(model, pixels: torch.Tensor, row: str, target: torch.Tensor, seed:
 
 def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor | None = None,
                          rows: tuple[str, ...] = tuple(FAITHFULNESS_ROWS), steps: int = 16, seed: int = 0,
-                         batch_size: int = 64) -> dict:
-    """Each method's maps for uint8 ``images``, scored by deletion and insertion AUC and by the model-randomisation
-    check (``hfvision.explain.faithfulness``); the predicted class is the one explained. A method the model cannot
+                         batch_size: int = 64, with_road: bool = False) -> dict:
+    """Each method's maps for uint8 ``images``, scored by deletion and insertion AUC (and ROAD's MoRF and LeRF AUC
+    when ``with_road``) and by the model-randomisation check (``hfvision.explain.faithfulness``); the predicted
+    class is the one explained. A method the model cannot
     give (rollout without attention weights) is listed in ``skipped`` with the reason."""
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
@@ -179,8 +181,11 @@ def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: t
             continue
         seconds = (time.perf_counter() - start) / len(pixels)
         scores = deletion_insertion(model, pixels, heat, target, steps, batch_size, seed)
+        if with_road:
+            scores |= {f"road_{name}": auc for name, auc in road(model, pixels, heat, target, steps, batch_size,
+                                                                  seed).items() if name != "curves"}
         result = {"method": row, "seconds_per_image": seconds}
-        for metric in ("deletion", "insertion"):
+        for metric in [name for name in scores if name != "curves"]:
             values = scores[metric].numpy()
             result[f"{metric}_auc"] = float(values.mean())
             result[f"{metric}_auc_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -194,19 +199,23 @@ def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: t
             "images": len(pixels), "steps": steps, "seed": seed, "accuracy_on_images": correct}
 
 
-FAITHFULNESS_COLUMNS = ("method", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
-                        "rank corr., head re-initialised", "rank corr., all layers re-initialised", "s / image")
+# The table's AUC columns: result key -> heading; the ROAD ones appear when they were measured.
+AUC_COLUMNS = {"deletion": "deletion AUC (lower is better)", "insertion": "insertion AUC (higher is better)",
+               "road_morf": "ROAD MoRF AUC (lower is better)", "road_lerf": "ROAD LeRF AUC (higher is better)"}
 
 
 def faithfulness_markdown(result: dict) -> str:
     """The table: method x metric, AUCs as mean +- standard error over the images."""
-    rows = [dict(zip(FAITHFULNESS_COLUMNS, (
-        row["method"], f"{row['deletion_auc']:.3f} ± {row['deletion_auc_sem']:.3f}",
-        f"{row['insertion_auc']:.3f} ± {row['insertion_auc_sem']:.3f}", f"{row['spearman_head_randomised']:.2f}",
-        f"{row['spearman_all_randomised']:.2f}", f"{row['seconds_per_image']:.3f}"))) for row in result["rows"]]
-    rows += [dict.fromkeys(FAITHFULNESS_COLUMNS, "") | {"method": name, FAITHFULNESS_COLUMNS[1]: f"n/a: {reason}"}
+    measured = [key for key in AUC_COLUMNS if all(f"{key}_auc" in row for row in result["rows"])]
+    columns = ("method", *(AUC_COLUMNS[key] for key in measured), "rank corr., head re-initialised",
+               "rank corr., all layers re-initialised", "s / image")
+    rows = [dict(zip(columns, (
+        row["method"], *(f"{row[f'{key}_auc']:.3f} ± {row[f'{key}_auc_sem']:.3f}" for key in measured),
+        f"{row['spearman_head_randomised']:.2f}", f"{row['spearman_all_randomised']:.2f}",
+        f"{row['seconds_per_image']:.3f}"))) for row in result["rows"]]
+    rows += [dict.fromkeys(columns, "") | {"method": name, columns[1]: f"n/a: {reason}"}
              for name, reason in result["skipped"].items()]
-    return markdown_table(rows, FAITHFULNESS_COLUMNS, cell=str)
+    return markdown_table(rows, columns, cell=str)
 
 
 def faithfulness_overlays(result: dict, spec: InputSpec, label_names: list[str], path, columns: int = 8) -> None:
