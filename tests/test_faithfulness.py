@@ -36,6 +36,17 @@ class RegionContrast(nn.Module):
         return torch.stack([6.0 * (region.std(dim=1) - 0.5), torch.zeros(len(pixel_values))], dim=1)
 
 
+class PooledRegionContrast(RegionContrast):
+    """RegionContrast read from the image average-pooled by ``scale``: the same true region at a larger size."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, pixel_values):
+        return super().forward(nn.functional.avg_pool2d(pixel_values, self.scale))
+
+
 def region_maps(count, where):
     maps = torch.zeros(count, 32, 32)
     if where == "true":
@@ -91,9 +102,10 @@ def test_noisy_linear_imputation_fills_a_linear_ramp_exactly_and_adds_seeded_noi
 
 @pytest.mark.parametrize("side", [32, 64])  # at its own size, and on a coarser grid (32 cells of 2 x 2 pixels)
 def test_road_ranks_the_true_region_first(side):
-    pixels = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(0))
     scale = side // 32
-    pixels_model = RegionContrast() if side == 32 else nn.Sequential(nn.AvgPool2d(scale), RegionContrast())
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # pooled: the 32 px image
+    pixels_model = RegionContrast() if side == 32 else PooledRegionContrast(scale)
     maps = {name: torch.kron(m, torch.ones(scale, scale)) for name, m in
             {"true": region_maps(4, "true"), "wrong": region_maps(4, "wrong"),
              "random": random_maps(4, 32, seed=3)}.items()}

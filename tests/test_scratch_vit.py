@@ -299,14 +299,15 @@ def test_dirs_saved_before_position_modules_load_with_the_same_logits(name):
     assert info["missing_keys"] == info["unexpected_keys"] == set() and not info["mismatched_keys"]
     resized = ScratchViTForImageClassification.from_pretrained(MAIN_FIXTURE / name, image_size=24)
     with torch.no_grad():
+        # atol 1e-5: a few float32 ulps at these logits' size (this machine gives 1.2e-6, 5 ulps at 2.5, since 2026-12-02)
         torch.testing.assert_close(model.eval()(expected["pixels"]).logits, expected[f"{name}.logits"],
-                                   rtol=0, atol=1e-6)
+                                   rtol=0, atol=1e-5)
         # a larger input: positions resampled (learned) or computed (fixed) for the 6x6 grid at run time ...
         torch.testing.assert_close(model(expected["pixels_24"]).logits, expected[f"{name}.logits_24"],
-                                   rtol=0, atol=1e-6)
+                                   rtol=0, atol=1e-5)
         # ... and at load, by the same resampling
         torch.testing.assert_close(resized.eval()(expected["pixels_24"]).logits, expected[f"{name}.logits_24"],
-                                   rtol=0, atol=1e-6)
+                                   rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("scheme, reference", [
