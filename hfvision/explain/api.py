@@ -164,8 +164,8 @@ def measure_faithfulness(model, spec: InputSpec, images: torch.Tensor, labels: t
                          batch_size: int = 64, with_road: bool = False) -> dict:
     """Each method's maps for uint8 ``images``, scored by deletion and insertion AUC (and ROAD's MoRF and LeRF AUC
     when ``with_road``) and by the model-randomisation check (``hfvision.explain.faithfulness``); the predicted
-    class is the one explained. A method the model cannot
-    give (rollout without attention weights) is listed in ``skipped`` with the reason."""
+    class is the one explained. A method the model cannot give (rollout without attention weights) is listed in
+    ``skipped`` with the reason."""
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
     with torch.no_grad():

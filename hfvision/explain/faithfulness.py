@@ -147,7 +147,7 @@ def road(model: nn.Module, pixels: torch.Tensor, heat: torch.Tensor, target: tor
     the removed fraction 0 to 1, and their ``curves`` (B, 2, steps + 1).
 
     Removal and imputation work on a grid of at most ``grid`` x ``grid`` cells (2 x 2 pixels at 112 px, 4 x 4 at
-    224; CIFAR's own detail is 32 x 32), which keeps each sparse solve to a few milliseconds: the map is
+    224; CIFAR's own detail is 32 x 32), which keeps each sparse solve to tens of milliseconds: the map is
     area-pooled to the grid and ranked there (ties broken by ``seed``), the image area-pooled and imputed there
     with ``noisy_linear_impute`` (seeded noise), and the imputed cells, upsampled bilinearly, replace the removed
     pixels while the kept ones stay as they were. All cells removed is the mean-colour image (0 after
