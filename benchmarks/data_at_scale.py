@@ -1,7 +1,8 @@
 """Real photos in bounded memory (``--data-at-scale``): a generated folder of large JPEGs, one epoch of a tiny ViT at
-224 px through ``hfvision train``, its peak resident memory; decode throughput of the store beside the decode of
-hfvision 0.x (one process, every file decoded whole, then fitted); the second run of the same recipe, which reuses
-the stores. ``--larger-than-ram N`` runs the same recipe on N generated 224 px photos, a store larger than RAM."""
+224 px through ``hfvision train``, its peak resident memory; decode throughput of the store beside
+``decode_split`` as it was when issue 21 measured it (git ``ISSUE_COMMIT``, run from ``git archive`` in a process of
+its own) and beside an idealised 0.x decode (one process, every file decoded whole, then fitted, nothing held); the
+second run of the same recipe, which reuses the stores. ``--larger-than-ram N`` runs the same recipe on N generated 224 px photos, a store larger than RAM."""
 
 import json
 import multiprocessing
@@ -80,17 +81,61 @@ def store_build_rate(files: list[Path], root: Path) -> float:
         return len(files) / (time.perf_counter() - start)
 
 
+ISSUE_COMMIT = "7d853a4"  # the last commit before the store: decode_split held every photo whole, in one thread
+_TIME_OLD_DECODE = """
+import json, sys, time
+from datasets import Dataset, Image
+from hfvision.data.sources import decode_split
+files = open(sys.argv[1]).read().split()
+ds = Dataset.from_dict({"image": files, "label": [0] * len(files)}).cast_column("image", Image())
+start = time.perf_counter()
+split = decode_split(ds, "image", "label", 224)
+print(json.dumps({"rate": len(files) / (time.perf_counter() - start), "shape": list(split.pixels.shape)}))
+"""
+
+
+def issue_time_package(root: Path) -> Path | None:
+    """``hfvision/`` at ``ISSUE_COMMIT`` unpacked under ``root`` (None outside a git checkout)."""
+    target = root / f"hfvision-{ISSUE_COMMIT}"
+    if not (target / "hfvision").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", ISSUE_COMMIT, "hfvision"], cwd=REPO, capture_output=True)
+        if archive.returncode != 0:
+            return None
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def decode_split_at_issue_time(files: list[Path], package: Path) -> float:
+    """Photos/s of ``decode_split`` at ``ISSUE_COMMIT`` on ``files`` (timed inside its process, imports excluded)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=package) as listing:
+        listing.write("\n".join(str(f) for f in files))
+        listing.flush()
+        done = subprocess.run([sys.executable, "-c", _TIME_OLD_DECODE, listing.name], cwd=package, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(package)})
+    if done.returncode != 0:
+        raise RuntimeError(f"decode_split at {ISSUE_COMMIT} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])["rate"]
+
+
 def decode_comparison(files: list[Path], baseline_photos: int, root: Path, rounds: int = 3) -> dict:
-    """The 0.x decode (one process) and the store's build (all cores) alternated, A B A B, on disjoint photos;
-    medians and the median of the per-round ratios."""
-    old, new = [], []
+    """The store's build (all cores) alternated, A B C A B C, with ``decode_split`` at issue time and the idealised
+    0.x decode (each one process), on disjoint photos; medians and the median of the per-round ratios."""
+    package = issue_time_package(root)
+    old, ideal, new = [], [], []
     chunk = 3 * baseline_photos
     for index in range(rounds):
-        old.append(decode_the_old_way(files[index * baseline_photos:(index + 1) * baseline_photos], 224))
+        if package is not None:
+            old.append(decode_split_at_issue_time(files[index * baseline_photos:(index + 1) * baseline_photos], package))
+        ideal.append(decode_the_old_way(files[(rounds + index) * baseline_photos:(rounds + index + 1) * baseline_photos],
+                                        224))
         new.append(store_build_rate(files[len(files) - (index + 1) * chunk:len(files) - index * chunk], root))
     ratios = [n / o for n, o in zip(new, old)]
-    return {"old": old, "new": new, "ratios": ratios, "ratio": statistics.median(ratios),
-            "old_median": statistics.median(old), "new_median": statistics.median(new)}
+    ideal_ratios = [n / o for n, o in zip(new, ideal)]
+    return {"issue_time": old, "ideal": ideal, "new": new, "ratios": ratios,
+            "ratio": statistics.median(ratios) if ratios else None, "ideal_ratios": ideal_ratios,
+            "ideal_ratio": statistics.median(ideal_ratios), "issue_time_median": statistics.median(old) if old else None,
+            "ideal_median": statistics.median(ideal), "new_median": statistics.median(new)}
 
 
 def train_once(folder: Path, output_dir: Path, cache: Path, epochs: int = 1) -> dict:
@@ -139,17 +184,24 @@ def run(args, device, env) -> None:
     table = markdown_table(rows, columns, lambda value: "" if value is None else
                            f"{value:.2f}" if isinstance(value, float) else str(value))
     ratio, share = decode["ratio"], reused["data_seconds"] / built["data_seconds"]
+    if ratio is None:
+        against_issue = f"decode_split at {ISSUE_COMMIT}: not run (no git history here; target >= 10x: NOT MEASURED)"
+    else:
+        against_issue = (f"decode_split as it was when the issue measured it (git {ISSUE_COMMIT}: one thread, every "
+                         f"photo decoded and held whole) {decode['issue_time_median']:.1f} photos/s: median ratio "
+                         f"{ratio:.1f}x (rounds {', '.join(f'{r:.1f}' for r in decode['ratios'])}; target >= 10x: "
+                         f"{'met' if ratio >= 10 else 'MISSED'})")
     notes = [f"{args.photos} generated photos of 2000x1500 (smooth random content, JPEG q90), 5 classes, "
              f"{sum(f.stat().st_size for f in files) / 1e6:.0f} MB; one epoch of a ViT (224 px, patch 16, width 32, "
              f"1 layer) by `hfvision train recipes/quickstart.yaml data.dataset=FOLDER`",
              f"peak RSS {first['peak_rss_gb']:.2f} GB (target <= 3 GB: "
              f"{'met' if first['peak_rss_gb'] <= 3 else 'MISSED'})",
              f"decode + resize at 224 px, alternated 3 times on disjoint photos: building a store (key, header pass, "
-             f"forked decode on every core, checksum) {decode['new_median']:.1f} photos/s vs hfvision 0.x's decode "
-             f"(one process, each photo decoded whole, then fitted) {decode['old_median']:.1f} photos/s on "
-             f"{args.baseline_photos} photos a round: median ratio {ratio:.1f}x (rounds "
-             f"{', '.join(f'{r:.1f}' for r in decode['ratios'])}; target >= 10x: {'met' if ratio >= 10 else 'MISSED'}); "
-             f"inside the run: {store_rate:.1f} photos/s over all three splits",
+             f"forked decode on every core, checksum) {decode['new_median']:.1f} photos/s ({3 * args.baseline_photos} "
+             f"photos a round; inside the run: {store_rate:.1f} photos/s over all three splits), against, on "
+             f"{args.baseline_photos} photos a round each: {against_issue}; an idealised 0.x decode (one process, each "
+             f"photo decoded whole, then fitted, nothing held) {decode['ideal_median']:.1f} photos/s: "
+             f"{decode['ideal_ratio']:.1f}x (rounds {', '.join(f'{r:.1f}' for r in decode['ideal_ratios'])})",
              f"second run: data stage {reused['data_seconds']:.2f} s = {100 * share:.1f}% of the first "
              f"(target <= 5%: {'met' if share <= 0.05 else 'MISSED'}); same pixels: "
              f"{'yes' if built['sha256'] == reused['sha256'] else 'NO'} (SHA-256 of each split's store)",

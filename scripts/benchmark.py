@@ -36,7 +36,7 @@ INTEGER_OPTIONS = {  # flag: (default, help)
     "head-only-eval-images": (50, "validation and test images each"), "head-only-epochs": (10, None),
     "onnx-test-images": (1000, "--onnx: test images scored"),
     "photos": (2000, "--data-at-scale: generated 2000x1500 photos"),
-    "baseline-photos": (100, "--data-at-scale: photos a round decoded the 0.x way (one process, full size)"),
+    "baseline-photos": (100, "--data-at-scale: photos a round decoded by each 0.x baseline (one process, full size)"),
     "larger-than-ram": (0, "--data-at-scale: instead, this many 224 px photos (a store larger than RAM)")}
 
 
