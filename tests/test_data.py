@@ -62,7 +62,7 @@ def test_grayscale_rgba_and_mixed_sizes_become_rgb(tmp_path):
     assert split.pixels[0].float().mean() == 200
 
 
-def test_local_parquet_and_image_folder_sources(tmp_path):
+def test_local_parquet_and_image_folder_sources(tmp_path, caplog):
     images, labels, _ = make_images(40)
     features = Features({"img": Image(), "label": ClassLabel(names=list(CLASSES))})
     parquet = tmp_path / "parquet"
@@ -70,8 +70,10 @@ def test_local_parquet_and_image_folder_sources(tmp_path):
     for split, part in (("train", slice(0, 30)), ("test", slice(30, 40))):
         Dataset.from_dict({"img": list(images[part]), "label": labels[part].tolist()},
                           features=features).to_parquet(parquet / f"{split}-00000-of-00001.parquet")
+    (parquet / "README.md").write_text("# A local copy\n\nNo YAML block, like ../shared/data/cifar10.\n")
     raw = load_raw(str(parquet))
     assert set(raw) == {"train", "test"} and len(raw["train"]) == 30
+    assert not [r for r in caplog.records if "metadata block" in r.getMessage()]  # huggingface_hub's card notice
     folder = tmp_path / "folder" / "train"
     for i, (image, label) in enumerate(zip(images, labels)):
         (folder / CLASSES[label]).mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ resizing to the model's size, normalising and augmenting happen per batch (see `
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +97,19 @@ class ImageData:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
+@contextmanager
+def _without_card_notice():
+    """A local folder whose README has no YAML block makes huggingface_hub warn "Repo card metadata block was not
+    found"; the README is documentation, not data, so the notice is held back while the folder loads."""
+    card_logger = logging.getLogger("huggingface_hub.repocard")
+    level = card_logger.level
+    card_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        card_logger.setLevel(level)
+
+
 def load_raw(dataset: str, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
     """The source as a ``DatasetDict`` (an ``IterableDatasetDict`` when ``streaming``); a failure becomes one line
     naming the source."""
@@ -108,7 +123,10 @@ def load_raw(dataset: str, streaming: bool = False) -> DatasetDict | IterableDat
             if not path.is_dir():
                 raise HfvisionError(f"data.dataset: {dataset} is not a directory")
             listed = None if streaming else image_folder(path)
-            raw = listed if listed is not None else load_dataset(str(path), streaming=streaming)
+            if listed is None:
+                with _without_card_notice():
+                    listed = load_dataset(str(path), streaming=streaming)
+            raw = listed
         else:
             raw = load_dataset(dataset, streaming=streaming)
     except HfvisionError:
