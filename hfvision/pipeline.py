@@ -145,8 +145,8 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
 
 def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path,
                   state: TrainerState):
-    """``best/`` as it reloads from disk, evaluated once on the test split by every process. Returns (the unwrapped
-    model, the test metrics block, ``"last"`` when a run that lost ``best/`` evaluated (and kept) ``last/``, else
+    """``best/`` as it reloads from disk, evaluated once on the test split by every process (under the recipe's
+    mixed precision). Returns (the unwrapped float32 model, the test metrics block, ``"last"`` when a run that lost ``best/`` evaluated (and kept) ``last/``, else
     None)."""
     recovered_from = None
     if main_process_says(accelerator, not (run_dir / "best" / "config.json").is_file()):
@@ -156,7 +156,8 @@ def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spe
                                      evaluation_mode=True)
     test_loader = accelerator.prepare_data_loader(data.test.loader(recipe.eval.batch_size, shuffle=False))
     test = evaluate_model(best, test_loader, BatchPreprocessor(spec), accelerator, data.label_names)
-    return accelerator.unwrap_model(best), test, recovered_from
+    # the model as from_pretrained gives it (float32, no autocast forward): what latency, FLOPs and the heat maps see
+    return accelerator.unwrap_model(best, keep_fp32_wrapper=False), test, recovered_from
 
 
 def _recover_best(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> None:

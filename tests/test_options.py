@@ -21,7 +21,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from conftest import tiny_recipe_overrides
+from conftest import REPO, tiny_recipe_overrides
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -585,6 +585,33 @@ def test_mixed_precision_runs_the_forward_in_that_precision(tmp_path, precision,
     model.hidden.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
     model(torch.randn(2, 12))  # Accelerate hands the logits back in float32 either way
     assert seen == [dtype]
+
+
+def test_a_bf16_run_with_eval_explain_finishes_and_hands_back_a_float32_model(tmp_path, monkeypatch):
+    """The default eval.explain after bf16 training: the Grad-CAM grid of best/ is drawn (it once met bf16 maps and
+    stopped the run after training), and latency, FLOPs and the maps see the model as from_pretrained loads it."""
+    from hfvision.explain import api
+
+    seen = {}
+    per_class_grid = api.per_class_grid
+
+    def spy(model, *args, **kwargs):
+        seen["dtypes"] = {p.dtype for p in model.parameters()}
+        seen["output"] = model(pixel_values=torch.zeros(1, 3, 16, 16)).logits.dtype
+        seen["hidden"] = []
+        hook = next(m for m in model.modules() if isinstance(m, nn.Linear)).register_forward_hook(
+            lambda module, args, output: seen["hidden"].append(output.dtype))
+        model(pixel_values=torch.zeros(1, 3, 16, 16))
+        hook.remove()
+        return per_class_grid(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "per_class_grid", spy)
+    out = tmp_path / "run"
+    pipeline.fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(out, **{
+        "model.config": {**TINY_VIT, "image_size": 16}, "data.max_train_samples": 64, "data.max_eval_samples": 32,
+        "train.mixed_precision": "bf16", "eval.explain": True})))
+    assert (out / "gradcam_per_class.png").stat().st_size > 0
+    assert seen == {"dtypes": {torch.float32}, "output": torch.float32, "hidden": [torch.float32]}
 
 
 def test_latency_is_timed_on_batches_of_the_asked_size():

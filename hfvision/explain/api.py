@@ -75,7 +75,7 @@ def heatmaps(model, spec: InputSpec, images: torch.Tensor, method: str = "gradca
     device = next(model.parameters()).device
     pixels = BatchPreprocessor(spec).resize_and_normalize(images.to(device))
     heat, classes = explain_pixels(model, pixels, method, target, constant_norm_scale)
-    return heat.cpu().numpy(), classes.cpu().numpy(), pixels
+    return heat.float().cpu().numpy(), classes.cpu().numpy(), pixels  # float: a bf16 model's maps too
 
 
 def peak_in_box_fraction(heat: np.ndarray, boxes: np.ndarray) -> float:

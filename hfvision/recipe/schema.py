@@ -169,7 +169,8 @@ class TrainRecipe:
     max_grad_norm: Optional[float] = 1.0
     """Clip the gradient's global norm to this; null turns clipping off."""
     mixed_precision: str = "no"
-    """Autocast precision of the forward pass (fp16 needs a CUDA GPU)."""
+    """Autocast precision of the forward pass in training and the test evaluation (fp16 needs a CUDA GPU); latency,
+    FLOPs and heat maps use the saved float32 model."""
     channels_last: bool = False
     """Convolutional models (the ResNets): weights and input batches in channels-last memory format, which the CPU
     (oneDNN) and GPU convolution kernels run faster; the same numbers up to float rounding."""
