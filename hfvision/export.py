@@ -111,27 +111,39 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
     return split_data.pixels[:], split_data.labels if names == model_names else None
 
 
+# (rounds, calls a block) per batch size: each runtime runs a block of calls alone, then the other, round after round
+LATENCY_ROUNDS = {1: (5, 10), 64: (3, 2)}
+
+
 def _latency(torch_model, onnx_model: OnnxClassifier, image_size: int) -> dict:
-    """Seconds per batch of torch eager and onnxruntime, measured alternately (A B A B ..., after a warm-up of
-    each) so that a change in the machine's load falls on both; medians."""
+    """Seconds per batch of torch eager and onnxruntime, in blocks alternated round by round (A B A B, a warm-up
+    call before each block), so that a change in the machine's load falls on both, while neither runtime's thread
+    pool, still spinning after its last call, slows the other's next one (calling them alternately call by call
+    made both slower). Per runtime the median over rounds of each block's median; the speedup is the median of
+    the per-round ratios."""
     out = {}
     for batch in LATENCY_BATCHES:
         x = torch.randn(batch, 3, image_size, image_size)
         runs = {"torch": lambda: torch_model(pixel_values=x), "onnxruntime": lambda: onnx_model(pixel_values=x)}
-        times = {name: [] for name in runs}
+        rounds, calls = LATENCY_ROUNDS.get(batch, (3, 2))
+        blocks = {name: [] for name in runs}
         with torch.no_grad():
-            for name, run in runs.items():
-                run()  # warm-up
-            for _ in range(20 if batch == 1 else 5):
+            for _ in range(rounds):
                 for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    times[name].append(time.perf_counter() - start)
-        torch_s, onnx_s = statistics.median(times["torch"]), statistics.median(times["onnxruntime"])
+                    run()  # warm-up: caches and the thread pool, after the other runtime's block
+                    times = []
+                    for _ in range(calls):
+                        start = time.perf_counter()
+                        run()
+                        times.append(time.perf_counter() - start)
+                    blocks[name].append(statistics.median(times))
+        torch_s, onnx_s = statistics.median(blocks["torch"]), statistics.median(blocks["onnxruntime"])
         out[f"batch_{batch}"] = {"torch_ms": 1000 * torch_s, "onnxruntime_ms": 1000 * onnx_s,
                                  "torch_images_per_second": batch / torch_s,
                                  "onnxruntime_images_per_second": batch / onnx_s,
-                                 "onnxruntime_speedup": torch_s / onnx_s}
+                                 "onnxruntime_speedup": statistics.median(
+                                     t / o for t, o in zip(blocks["torch"], blocks["onnxruntime"])),
+                                 "rounds": rounds, "calls_per_block": calls}
     return out
 
 
