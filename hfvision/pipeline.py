@@ -146,8 +146,8 @@ def train_model(recipe: Recipe, accelerator: Accelerator, built: BuiltModel, dat
 def evaluate_best(recipe: Recipe, accelerator: Accelerator, data: ImageData, spec: InputSpec, run_dir: Path,
                   state: TrainerState):
     """``best/`` as it reloads from disk, evaluated once on the test split by every process (under the recipe's
-    mixed precision). Returns (the unwrapped float32 model, the test metrics block, ``"last"`` when a run that lost ``best/`` evaluated (and kept) ``last/``, else
-    None)."""
+    mixed precision). Returns (the unwrapped float32 model, the test metrics block, ``"last"`` when a run that lost
+    ``best/`` evaluated (and kept) ``last/``, else None)."""
     recovered_from = None
     if main_process_says(accelerator, not (run_dir / "best" / "config.json").is_file()):
         _recover_best(accelerator, run_dir, state)
