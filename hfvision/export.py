@@ -111,7 +111,7 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
     return split_data.pixels[:], split_data.labels if names == model_names else None
 
 
-# (rounds, calls a block) per batch size: each runtime runs a block of calls alone, then the other, round after round
+# (rounds, calls a block) for each of LATENCY_BATCHES: each runtime runs a block of calls alone, then the other
 LATENCY_ROUNDS = {1: (5, 10), 64: (3, 2)}
 
 
@@ -125,7 +125,7 @@ def _latency(torch_model, onnx_model: OnnxClassifier, image_size: int) -> dict:
     for batch in LATENCY_BATCHES:
         x = torch.randn(batch, 3, image_size, image_size)
         runs = {"torch": lambda: torch_model(pixel_values=x), "onnxruntime": lambda: onnx_model(pixel_values=x)}
-        rounds, calls = LATENCY_ROUNDS.get(batch, (3, 2))
+        rounds, calls = LATENCY_ROUNDS[batch]
         blocks = {name: [] for name in runs}
         with torch.no_grad():
             for _ in range(rounds):
