@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hfvision.data.images import UnreadableImage, image_files, load_pixels
-from hfvision.data.sources import load_eval_split
+from hfvision.data.sources import load_eval_split, load_run_split
 from hfvision.data.transforms import BatchPreprocessor
 from hfvision.errors import HfvisionError
 from hfvision.fileio import write_json_atomic
@@ -92,7 +92,7 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
     raise HfvisionError(f"export: {type(model).__name__} cannot be exported to ONNX: {errors[0]}")
 
 
-def _validation_images(built: BuiltModel, images: list[str] | None, data: str | None, split: str,
+def _validation_images(built: BuiltModel, model: str, images: list[str] | None, data: str | None, split: str,
                        max_samples: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (N, 3, S, S) and their labels (None for plain files) to validate on."""
     if images:
@@ -105,8 +105,12 @@ def _validation_images(built: BuiltModel, images: list[str] | None, data: str | 
         if not pixels:
             raise HfvisionError(f"--images: no readable image among {', '.join(images)}")
         return torch.cat(pixels), None
-    split_data, names = load_eval_split(data, split, built.spec.decode_size, max_samples, on_bad_image="skip",
-                                         crop_pct=built.spec.crop_pct)
+    if data:
+        split_data, names = load_eval_split(data, split, built.spec.decode_size, max_samples, on_bad_image="skip",
+                                             crop_pct=built.spec.crop_pct)
+    else:  # a run dir: the split of the data it was trained on, as it carved it
+        split_data, names = load_run_split(model, split, built.spec.decode_size, max_samples,
+                                           crop_pct=built.spec.crop_pct, what="export")
     model_names = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     return split_data.pixels[:], split_data.labels if names == model_names else None
 
@@ -219,12 +223,13 @@ def quantize_int8(source: Path, target: Path) -> list[str]:
 def export_onnx(model: str, out: str | Path, *, images: list[str] | None = None, data: str | None = None,
                 split: str = "test", max_samples: int = 256, int8: bool = False, batch_size: int = 64) -> dict:
     """Export ``model`` (run dir, model dir or Hub id) to ``out`` and validate it; returns ``export.json``."""
-    if not images and not data:
-        raise HfvisionError("export: give --images FILES_OR_FOLDERS or --data SOURCE to validate the export on")
+    if not images and not data and not (Path(model) / "recipe.yaml").is_file():
+        raise HfvisionError("export: give --images FILES_OR_FOLDERS or --data SOURCE to validate the export on "
+                            "(a run dir's own held-out split is the default)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     built = load_model_for_inference(model)
-    pixels, labels = _validation_images(built, images, data, split, max_samples)
+    pixels, labels = _validation_images(built, model, images, data, split, max_samples)
     inputs = BatchPreprocessor(built.spec).resize_and_normalize(pixels)
     exporter = _export(built.model, inputs[:2], out / ONNX_FILE)
     built.model.config.save_pretrained(out)
@@ -233,7 +238,7 @@ def export_onnx(model: str, out: str | Path, *, images: list[str] | None = None,
     fp32 = OnnxClassifier(out)
     onnx_logits = _logits_in_batches(fp32, inputs, batch_size)
     report = {"model": model, "opset": OPSET, "exporter": exporter, "validated_on": len(inputs),
-              "validation_source": data or "files", "torch_reference": {"accuracy": float(
+              "validation_source": data or ("files" if images else f"{model} (its {split} split)"), "torch_reference": {"accuracy": float(
                   (reference.argmax(-1) == labels).float().mean())} if labels is not None else {},
               "fp32": {**_compare(reference, onnx_logits, labels),
                        "latency": _latency(built.model, fp32, built.spec.image_size)}}

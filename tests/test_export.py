@@ -108,7 +108,35 @@ def test_int8_is_checked_against_fp32_and_reports_accuracy_on_a_labelled_split(t
 def test_export_without_images_to_validate_on_is_one_line(tmp_path, capsys, tiny_pretrained_dirs):
     status, _, err = run_cli_in_process(capsys, "export", "--model", tiny_pretrained_dirs["vit"], "--out", tmp_path)
     assert status == 2 and err.strip() == ("error: export: give --images FILES_OR_FOLDERS or --data SOURCE to "
-                                           "validate the export on")
+                                           "validate the export on (a run dir's own held-out split is the default)")
+
+
+@pytest.mark.slow
+def test_a_run_on_a_folder_without_a_split_is_validated_on_its_own_held_out_test_part(tmp_path, capsys):
+    """A photo folder has no test split: the export of its run takes the part the run held out, as the run did."""
+    from conftest import REPO, tiny_recipe_overrides
+
+    from hfvision.pipeline import fit
+    from hfvision.recipe import load_recipe
+
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        label = i % 2
+        (tmp_path / "photos" / f"class{label}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8) + np.uint8(120 * label)
+        Image.fromarray(pixels).save(tmp_path / "photos" / f"class{label}" / f"{i}.png")
+    run = tmp_path / "run"
+    metrics = fit(load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_recipe_overrides(
+        run, **{"data.dataset": str(tmp_path / "photos"), "data.val_fraction": 0.2})))
+    status, printed, err = run_cli_in_process(capsys, "export", "--model", run, "--out", tmp_path / "onnx")
+    assert status == 0, err[-2000:]
+    report = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert report["validated_on"] == metrics["test"]["num_samples"] > 0
+    assert report["validation_source"] == f"{run} (its test split)"
+    assert report["fp32"]["accuracy"] == report["torch_reference"]["accuracy"] == metrics["test"]["accuracy"]
+    status, _, err = run_cli_in_process(capsys, "export", "--model", run, "--out", tmp_path / "onnx", "--data",
+                                        str(tmp_path / "photos"))
+    assert status == 2 and "has no split 'test' (has train)" in err
 
 
 def test_int8_quantises_weight_matmuls_per_channel_and_keeps_the_mlp_activation_inputs_and_head_fp32(

@@ -2,6 +2,7 @@
 
     hfvision export --model runs/quickstart --out runs/quickstart/onnx --data synthetic [--int8]
     hfvision export --model ../shared/models/vit-tiny-patch16-224 --out vit-ti-onnx --images photos/
+    hfvision export --model runs/flowers --out runs/flowers/onnx --int8   # a run dir: its own held-out test split
 
 Writes model.onnx (dynamic batch axis, opset 18), config.json and the image processor config (so the dir is
 self-describing: `hfvision predict --model DIR` runs it through onnxruntime), and export.json: max |logit
@@ -19,8 +20,9 @@ def add_arguments(parser):
     parser.add_argument("--model", required=True, help="run dir (uses best/), model dir or Hub id")
     parser.add_argument("--out", type=Path, required=True, help="the export dir")
     parser.add_argument("--images", nargs="+", default=None, help="image files/folders to validate on")
-    parser.add_argument("--data", default=None, help="or a dataset to validate on: synthetic, a dir or a Hub id")
-    parser.add_argument("--split", default="test", help="with --data (default: test)")
+    parser.add_argument("--data", default=None, help="or a dataset to validate on: synthetic, a dir or a Hub id (default for a "
+                        "run dir: the data it was trained on, split as the run split it)")
+    parser.add_argument("--split", default="test", help="the split to validate on (default: test)")
     parser.add_argument("--max-samples", type=int, default=256, help="images to validate on (default: 256)")
     parser.add_argument("--int8", action="store_true", help="also write and check a dynamically quantised int8 model")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hfvision.data.sources import load_eval_split, load_recipe_split
+from hfvision.data.sources import load_eval_split, load_run_split
 from hfvision.errors import HfvisionError
 from hfvision.explain.api import (
     FAITHFULNESS_ROWS,
@@ -24,7 +24,6 @@ from hfvision.explain.api import (
 )
 from hfvision.fileio import write_json_atomic
 from hfvision.models.factory import load_model_for_inference
-from hfvision.recipe import load_recipe
 
 
 def add_arguments(parser):
@@ -46,12 +45,7 @@ def _images(args, spec):
     if args.data:
         return load_eval_split(args.data, args.split, spec.image_size, args.count, seed=args.seed,
                                crop_pct=spec.crop_pct)
-    recipe_path = Path(args.model) / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise HfvisionError(f"--data: '{args.model}' is not a run dir (no recipe.yaml); name the data with --data")
-    recipe = load_recipe(recipe_path)
-    return load_recipe_split(recipe.data, recipe.seed, args.split, spec.image_size, args.count, args.seed,
-                             spec.crop_pct)
+    return load_run_split(args.model, args.split, spec.image_size, args.count, args.seed, spec.crop_pct)
 
 
 def run(args):

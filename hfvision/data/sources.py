@@ -29,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 from hfvision.data.store import DecodePlan, StoredPixels, StoreRecord, open_store
 from hfvision.data.synthetic import load_synthetic
 from hfvision.errors import HfvisionError
-from hfvision.recipe import DataRecipe
+from hfvision.recipe import DataRecipe, load_recipe
 
 # When a dataset has several ClassLabel columns (CIFAR-100: fine_label, coarse_label), prefer these.
 PREFERRED_LABEL_COLUMNS = ("label", "labels", "fine_label")
@@ -328,3 +328,15 @@ def load_recipe_split(data: DataRecipe, seed: int, split: str, decode_size: int 
         raise HfvisionError(f"--split: a run's splits are {', '.join(splits)}, not '{split}'")
     return decode_split(_subsample(splits[split], max_samples, sample_seed), image_column, label_column, decode_size,
                         data.on_bad_image, split, crop_pct), label_names
+
+
+def load_run_split(run_dir: str | Path, split: str, decode_size: int | None, max_samples: int | None = None,
+                   sample_seed: int = 0, crop_pct: float | None = None, what: str = "--data") -> tuple[ImageSplit,
+                                                                                                     list[str]]:
+    """``split`` of the data a run dir was trained on, carved as that run carved it (a photo folder's held-out
+    test part); ``what`` names the missing option when ``run_dir`` is not a run dir."""
+    recipe_path = Path(run_dir) / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise HfvisionError(f"{what}: '{run_dir}' is not a run dir (no recipe.yaml); name the data with --data")
+    recipe = load_recipe(recipe_path)
+    return load_recipe_split(recipe.data, recipe.seed, split, decode_size, max_samples, sample_seed, crop_pct)
