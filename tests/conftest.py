@@ -69,6 +69,18 @@ def tiny_pretrained_dirs(tmp_path_factory):
     return dirs
 
 
+def randomise_head(model, seed=0):
+    """A checkpoint's replaced head starts at zero (hfvision's transfer init), so every input gives zero logits and a
+    test comparing logits through the backbone could not fail: such tests randomise the head first."""
+    from hfvision.models.module_tree import find_classifier
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in find_classifier(model).parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return model
+
+
 def free_port() -> int:
     """A TCP port no one listens on now (the kernel's pick), so that torchrun runs on two xdist workers don't meet."""
     import socket

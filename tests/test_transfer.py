@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_recipe_overrides
+from conftest import REPO, randomise_head, tiny_recipe_overrides
 from timm.layers import resample_abs_pos_embed
 
 from hfvision.errors import HfvisionError
@@ -61,7 +61,7 @@ def test_a_model_built_at_another_size_saves_and_reloads_with_plain_transformers
 
     source = tiny_pretrained_dirs["vit"] if layout == "vit" else tiny_timm_dir
     built = built_at(source, 48)
-    built.model.eval()
+    randomise_head(built.model).eval()
     pixels = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         logits = built.model(pixel_values=pixels).logits
@@ -74,6 +74,32 @@ def test_a_model_built_at_another_size_saves_and_reloads_with_plain_transformers
     out = processor(images=[torch.zeros(3, 64, 80, dtype=torch.uint8).numpy().transpose(1, 2, 0)],
                     return_tensors="pt")["pixel_values"]
     assert tuple(out.shape[-2:]) == (48, 48)
+
+
+@pytest.mark.parametrize("layout", ["vit", "swin", "timm"])
+def test_a_new_head_starts_at_zero_so_the_first_loss_is_log_classes_and_the_backbone_trains_from_step_two(
+        layout, tiny_pretrained_dirs, tiny_timm_dir):
+    """The ViT paper's fine-tuning init (a zero D x K layer): no random head's noise in the first gradients."""
+    from hfvision.models.module_tree import find_classifier
+
+    source = tiny_timm_dir if layout == "timm" else tiny_pretrained_dirs[layout]
+    model = built_at(source, 32, labels=[f"class_{i}" for i in range(5)]).model.train()
+    head = find_classifier(model)
+    assert all(torch.count_nonzero(p) == 0 for p in head.parameters())
+    backbone = [p for name, p in model.named_parameters() if not any(p is q for q in head.parameters())]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    pixels, labels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 5
+    for step in (1, 2):
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, labels)
+        loss.backward()
+        moved = sum(int(p.grad is not None and torch.count_nonzero(p.grad) > 0) for p in backbone)
+        if step == 1:
+            assert loss.item() == pytest.approx(np.log(5), abs=1e-6)
+            assert moved == 0
+        else:
+            assert moved > len(backbone) // 2
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 def test_sizes_a_checkpoint_cannot_take_are_one_line(tiny_pretrained_dirs):
@@ -138,7 +164,7 @@ def test_the_real_vit_tiny_at_112_px_takes_112_px_inputs_and_reloads_the_same(mo
     from transformers import AutoModelForImageClassification
 
     built = built_at(model_dir, 112, labels=[f"class_{i}" for i in range(10)])
-    built.model.eval()
+    randomise_head(built.model).eval()
     pixels = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         logits = built.model(pixel_values=pixels).logits

@@ -280,4 +280,5 @@ def test_a_checkpoint_with_other_classes_of_the_same_count_gets_a_new_head(tmp_p
     for labels, same_head in ((["fish", "bird"], False), (["cat", "dog"], True)):
         new = build_model(ModelRecipe(name=str(tmp_path)), resolve_input_spec(ModelRecipe(name=str(tmp_path)), DataRecipe()), labels).model
         assert torch.equal(new.classifier.weight, old.classifier.weight) is same_head
+        assert same_head or torch.count_nonzero(new.classifier.weight) == 0  # a new head starts at zero
         assert torch.equal(new.vit.blocks[0].attn.qkv.weight, old.vit.blocks[0].attn.qkv.weight)
