@@ -16,10 +16,12 @@ export gets one line naming its class and the operation.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -54,12 +56,10 @@ class OnnxClassifier:
         from transformers import AutoConfig
 
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        options = onnxruntime.SessionOptions()
-        # no busy-waiting of idle worker threads between runs: they would take the cores from torch (or from a
-        # training job) beside them; measured, torch at batch 1 ran at 9.3 img/s alternated with a spinning session, 21.6 without
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(Path(path) / file), options,
-                                                    providers=["CPUExecutionProvider"])
+        # onnxruntime's default session: its idle worker threads spin a while between runs, which is worth 1.25x at
+        # batch 1 on the real ViT-Ti (benchmarks/probes/onnx_spinning.py); while spinning they take the cores from
+        # torch beside them, so the latency check opens a session per timed block and closes it after
+        self.session = onnxruntime.InferenceSession(str(Path(path) / file), providers=["CPUExecutionProvider"])
 
     def __call__(self, pixel_values: torch.Tensor) -> "OnnxClassifier.Output":
         array = pixel_values.detach().cpu().float().numpy()
@@ -119,28 +119,31 @@ def _validation_images(built: BuiltModel, model: str, images: list[str] | None, 
 LATENCY_ROUNDS = {1: (5, 10), 64: (3, 2)}
 
 
-def _latency(torch_model, onnx_model: OnnxClassifier, image_size: int) -> dict:
+def _latency(torch_model, open_onnx: Callable[[], OnnxClassifier], image_size: int) -> dict:
     """Seconds per batch of torch eager and onnxruntime, in blocks alternated round by round (A B A B, a warm-up
-    call before each block), so that a change in the machine's load falls on both, while neither runtime's thread
-    pool, still spinning after its last call, slows the other's next one (calling them alternately call by call
-    made both slower). Per runtime the median over rounds of each block's median; the speedup is the median of
-    the per-round ratios."""
+    call before each block), so that a change in the machine's load falls on both. Each onnxruntime block runs on
+    a session ``open_onnx()`` opens for it and closed after it, so that its thread pool, still spinning after its
+    last call, cannot slow torch's next block (calling the two alternately call by call made both slower). Per
+    runtime the median over rounds of each block's median; the speedup is the median of the per-round ratios."""
     out = {}
     for batch in LATENCY_BATCHES:
         x = torch.randn(batch, 3, image_size, image_size)
-        runs = {"torch": lambda: torch_model(pixel_values=x), "onnxruntime": lambda: onnx_model(pixel_values=x)}
+        runtimes = {"torch": lambda: torch_model, "onnxruntime": open_onnx}
         rounds, calls = LATENCY_ROUNDS[batch]
-        blocks = {name: [] for name in runs}
+        blocks = {name: [] for name in runtimes}
         with torch.no_grad():
             for _ in range(rounds):
-                for name, run in runs.items():
-                    run()  # warm-up: caches and the thread pool, after the other runtime's block
+                for name, open_runtime in runtimes.items():
+                    model = open_runtime()
+                    model(pixel_values=x)  # warm-up: caches and the thread pool, after the other runtime's block
                     times = []
                     for _ in range(calls):
                         start = time.perf_counter()
-                        run()
+                        model(pixel_values=x)
                         times.append(time.perf_counter() - start)
                     blocks[name].append(statistics.median(times))
+                    del model  # an onnxruntime session's threads are joined here
+                    gc.collect()
         torch_s, onnx_s = statistics.median(blocks["torch"]), statistics.median(blocks["onnxruntime"])
         out[f"batch_{batch}"] = {"torch_ms": 1000 * torch_s, "onnxruntime_ms": 1000 * onnx_s,
                                  "torch_images_per_second": batch / torch_s,
@@ -241,13 +244,14 @@ def export_onnx(model: str, out: str | Path, *, images: list[str] | None = None,
               "validation_source": data or ("files" if images else f"{model} (its {split} split)"), "torch_reference": {"accuracy": float(
                   (reference.argmax(-1) == labels).float().mean())} if labels is not None else {},
               "fp32": {**_compare(reference, onnx_logits, labels),
-                       "latency": _latency(built.model, fp32, built.spec.image_size)}}
+                       "latency": _latency(built.model, lambda: OnnxClassifier(out), built.spec.image_size)}}
     if int8:
         kept_fp32 = quantize_int8(out / ONNX_FILE, out / INT8_FILE)
         quantized = OnnxClassifier(out, INT8_FILE)
         int8_logits = _logits_in_batches(quantized, inputs, batch_size)
         report["int8"] = {**_compare(onnx_logits, int8_logits, labels), "kept_fp32": kept_fp32,
-                          "latency": _latency(built.model, quantized, built.spec.image_size)}
+                          "latency": _latency(built.model, lambda: OnnxClassifier(out, INT8_FILE),
+                                              built.spec.image_size)}
     write_json_atomic(out / REPORT_FILE, report)
     return report
 

@@ -159,26 +159,41 @@ def test_int8_quantises_weight_matmuls_per_channel_and_keeps_the_mlp_activation_
 
 def test_latency_runs_each_runtime_in_blocks_alternated_round_by_round(monkeypatch):
     """Each runtime's calls come in blocks (a warm-up, then the timed calls), the two alternating round after round,
-    never interleaved call by call; the speedup is the median of the rounds' ratios."""
+    never interleaved call by call; each onnxruntime block has its own session, closed before torch's next block
+    (its spinning threads would take torch's cores); the speedup is the median of the rounds' ratios."""
+    import weakref
+
     from hfvision import export
 
-    calls, clock = [], {"t": 0.0}
+    calls, clock, sessions = [], {"t": 0.0}, []
     cost = {"torch": 2.0, "onnxruntime": 1.0}
 
-    def runtime(name):
-        def run(pixel_values):
-            calls.append((name, pixel_values.shape[0]))
-            clock["t"] += cost[name] * pixel_values.shape[0]
-        return run
+    class Runtime:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, pixel_values):
+            if self.name == "torch":
+                assert all(session() is None for session in sessions), "a session was left open beside torch"
+            calls.append((self.name, pixel_values.shape[0]))
+            clock["t"] += cost[self.name] * pixel_values.shape[0]
+
+    def open_session():
+        session = Runtime("onnxruntime")
+        sessions.append(weakref.ref(session))
+        calls.append(("open", None))
+        return session
 
     monkeypatch.setattr(export.time, "perf_counter", lambda: clock["t"])
     monkeypatch.setattr(export, "LATENCY_BATCHES", (1, 4))
     monkeypatch.setattr(export, "LATENCY_ROUNDS", {1: (3, 2), 4: (2, 1)})
-    out = export._latency(runtime("torch"), runtime("onnxruntime"), 8)
+    out = export._latency(Runtime("torch"), open_session, 8)
     block = lambda name, size, n: [(name, size)] * n  # noqa: E731
     expected = []
     for size, (rounds, per_block) in ((1, (3, 2)), (4, (2, 1))):
-        expected += (block("torch", size, 1 + per_block) + block("onnxruntime", size, 1 + per_block)) * rounds
+        expected += (block("torch", size, 1 + per_block) + [("open", None)]
+                     + block("onnxruntime", size, 1 + per_block)) * rounds
     assert calls == expected
+    assert len(sessions) == 5 and all(session() is None for session in sessions)
     assert out["batch_1"]["onnxruntime_speedup"] == 2.0 and out["batch_4"]["torch_images_per_second"] == 0.5
     assert (out["batch_1"]["rounds"], out["batch_1"]["calls_per_block"]) == (3, 2)
