@@ -56,10 +56,14 @@ class OnnxClassifier:
         from transformers import AutoConfig
 
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        # onnxruntime's default session: its idle worker threads spin a while between runs, which is worth 1.25x at
-        # batch 1 on the real ViT-Ti (benchmarks/probes/onnx_spinning.py); while spinning they take the cores from
-        # torch beside them, so the latency check opens a session per timed block and closes it after
-        self.session = onnxruntime.InferenceSession(str(Path(path) / file), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # as many threads as torch's (OMP_NUM_THREADS, one per process under torchrun), not one per core in each of
+        # several processes; idle threads spin a while between runs (onnxruntime's default), worth 1.25x at batch 1
+        # on the real ViT-Ti (benchmarks/probes/onnx_spinning.py); while spinning they take the cores from torch
+        # beside them, so the latency check opens a session per timed block and closes it after
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(Path(path) / file), options,
+                                                    providers=["CPUExecutionProvider"])
 
     def __call__(self, pixel_values: torch.Tensor) -> "OnnxClassifier.Output":
         array = pixel_values.detach().cpu().float().numpy()

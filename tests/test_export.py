@@ -157,6 +157,25 @@ def test_int8_quantises_weight_matmuls_per_channel_and_keeps_the_mlp_activation_
     assert scales and all(s.ndim == 1 and s.size > 1 for s in scales)  # one scale per output channel
 
 
+def test_onnx_sessions_take_as_many_threads_as_torch_and_keep_onnxruntimes_spinning(tmp_path, photos):
+    """Under torchrun each process has one torch thread; onnxruntime's default (one per core in each process)
+    would oversubscribe the cores."""
+    from hfvision.export import OnnxClassifier
+
+    source = saved_built_in(tmp_path, "scratch_vit", TINY_SCRATCH)
+    export_onnx(str(source), tmp_path / "onnx", images=[str(photos)])
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            options = OnnxClassifier(tmp_path / "onnx").session.get_session_options()
+            assert options.intra_op_num_threads == count
+            with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime's default, spinning
+                options.get_session_config_entry("session.intra_op.allow_spinning")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_latency_runs_each_runtime_in_blocks_alternated_round_by_round(monkeypatch):
     """Each runtime's calls come in blocks (a warm-up, then the timed calls), the two alternating round after round,
     never interleaved call by call; each onnxruntime block has its own session, closed before torch's next block

@@ -33,7 +33,7 @@ MODES = {
     "head_only": {"train.feature_cache": "on", "train.learning_rate": 3e-3},
     "head_and_last_stage": {"train.feature_cache": "off", "train.learning_rate": 1e-3},
     "lora": {"train.feature_cache": "off", "train.learning_rate": 1e-3},
-    "full": {"train.feature_cache": "off", "train.learning_rate": 5e-4, "train.layer_decay": 0.5},
+    "full": {"train.feature_cache": "off", "train.learning_rate": 1e-3, "train.layer_decay": 0.5},
 }
 
 
