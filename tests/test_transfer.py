@@ -86,7 +86,7 @@ def test_a_new_head_starts_at_zero_so_the_first_loss_is_log_classes_and_the_back
     model = built_at(source, 32, labels=[f"class_{i}" for i in range(5)]).model.train()
     head = find_classifier(model)
     assert all(torch.count_nonzero(p) == 0 for p in head.parameters())
-    backbone = [p for name, p in model.named_parameters() if not any(p is q for q in head.parameters())]
+    backbone = [p for p in model.parameters() if all(p is not q for q in head.parameters())]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     pixels, labels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 5
     for step in (1, 2):
